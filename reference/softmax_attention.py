@@ -1,0 +1,125 @@
+"""Certified softmax attention: enclosures of D⁻¹AV, A = exp(s·QKᵀ), for exact inputs.
+
+Two independent engines:
+
+- :func:`enclose` (python-flint / Arb): QKᵀ by Arb's matrix product of the exact inputs (rational
+  inputs exactly in FLINT's fmpq_mat first), then per entry exp(s·L_ij − m_i) in balls, where the shift
+  m_i is *any* exact number (we take the float64 row maximum): it cancels exactly in D⁻¹A, so it need
+  not be certified, it only keeps exp in range. Then N = E·[V | 1] by one ball matrix product and
+  out_il = N_il / N_i,d+1.
+- :func:`enclose_mpmath` (mpmath's ``iv`` interval context): the same mathematics with plain loops,
+  for small sizes; used to cross-check the Arb engine (the two enclosures must intersect).
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import mpmath
+import numpy as np
+from flint import arb, arb_mat
+
+from ..spec.softmax_attention import SoftmaxAttentionInstance
+from ..spec.validation import to_float64
+from .enclosure import Enclosure, arb_matrix, exact_arb, exact_product, fraction_of, working_precision
+
+DEFAULT_PREC = 128
+
+
+def row_shifts(inst: SoftmaxAttentionInstance) -> np.ndarray:
+    """Float64 approximations of each row's maximum logit (any finite value is a valid shift)."""
+    logits = float(inst.scale) * (to_float64(inst.q) @ to_float64(inst.k).T)
+    m = logits.max(axis=1)
+    return np.where(np.isfinite(m), m, 0.0)
+
+
+def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosure:
+    """Certified enclosure of Att(Q,K,V) = D⁻¹ exp(s·QKᵀ) V at ``prec`` bits of working precision.
+
+    Every returned ball contains the exact real output entry for the instance's exact inputs.
+    """
+    n, dv = inst.output_shape
+    shifts = row_shifts(inst)
+    with working_precision(prec):
+        logits = exact_product(inst.q, inst.k) * exact_arb(inst.scale)
+        exp = arb.exp
+        flat = logits.entries()
+        rows = []
+        for i in range(n):
+            m = arb(float(shifts[i]))
+            rows.append([exp(x - m) for x in flat[i * n:(i + 1) * n]])
+        weights = arb_mat(rows)
+        v1 = np.empty((n, dv + 1), dtype=object)
+        v1[:, :dv] = inst.v if inst.v.dtype == object else inst.v.astype(np.float64)
+        v1[:, dv] = 1.0
+        numer = weights * arb_matrix_mixed(v1)
+        entries = numer.entries()
+        out = []
+        for i in range(n):
+            row = entries[i * (dv + 1):(i + 1) * (dv + 1)]
+            denom = row[dv]
+            out.extend(x / denom for x in row[:dv])
+    return Enclosure(balls=out, shape=(n, dv), prec=prec)
+
+
+def arb_matrix_mixed(m: np.ndarray) -> arb_mat:
+    """arb_mat from an object array mixing floats and Fractions (each taken exactly)."""
+    if all(isinstance(x, float) for x in m.flat):
+        return arb_matrix(m.astype(np.float64))
+    return arb_mat([[exact_arb(x) for x in row] for row in m])
+
+
+def _iv(x: Fraction | float):
+    f = Fraction(x)
+    return mpmath.iv.mpf(f.numerator) / f.denominator
+
+
+def enclose_mpmath(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosure:
+    """Independent enclosure by mpmath interval arithmetic (O(n²d) Python loops: small n only).
+
+    Returns balls converted exactly from mpmath's interval endpoints.
+    """
+    n, dv = inst.output_shape
+    ctx = mpmath.iv
+    old = ctx.prec
+    ctx.prec = prec
+    try:
+        q = [[_iv(x) for x in row] for row in inst.q.tolist()]
+        k = [[_iv(x) for x in row] for row in inst.k.tolist()]
+        v = [[_iv(x) for x in row] for row in inst.v.tolist()]
+        s = _iv(inst.scale)
+        shifts = row_shifts(inst)
+        out = []
+        for i in range(n):
+            m = _iv(float(shifts[i]))
+            w = [ctx.exp(s * ctx.fsum(a * b for a, b in zip(q[i], k[j])) - m) for j in range(n)]
+            denom = ctx.fsum(w)
+            for col in range(dv):
+                num = ctx.fsum(w[j] * v[j][col] for j in range(n))
+                out.append(num / denom)
+    finally:
+        ctx.prec = old
+    return Enclosure(balls=[_interval_to_ball(x, prec) for x in out], shape=(n, dv), prec=prec, engine="mpmath")
+
+
+def _interval_to_ball(x, prec: int) -> arb:
+    lo_raw, hi_raw = x._mpi_  # raw (sign, man, exp, bc) tuples of the two endpoints
+    lo = _raw_mpf_fraction(lo_raw)
+    hi = _raw_mpf_fraction(hi_raw)
+    mid = (lo + hi) / 2
+    with working_precision(prec + 64):
+        # mid is dyadic, so exact_arb is exact; the radius is rounded up by arb's constructor.
+        return arb(exact_arb(mid), exact_arb((hi - mid) * (1 + Fraction(1, 2**40))))
+
+
+def _raw_mpf_fraction(raw: tuple) -> Fraction:
+    sign, man, exp, _ = raw
+    if man == 0:
+        if exp != 0:  # mpmath encodes ±inf and nan with a zero mantissa and a special exponent
+            raise ArithmeticError("mpmath interval endpoint is not finite")
+        return Fraction(0)
+    value = Fraction(int(man) * 2**exp) if exp >= 0 else Fraction(int(man), 2**-exp)
+    return -value if sign else value
+
+
+__all__ = ["enclose", "enclose_mpmath", "DEFAULT_PREC", "fraction_of"]
