@@ -1,0 +1,131 @@
+"""Running a backend through the conformance cases and collecting certified verdicts.
+
+Order of work: saved failures from earlier runs (``<report>/failures``) are replayed first, then the
+profile's generated cases. Each case is: applicability check against the declared capabilities → one
+isolated backend call → certified judgement → a record streamed to the report. A backend exception, a
+crash, a timeout or garbage output is an ``error`` for that case; the run goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from .backends import backend_identity
+from .case_files import CaseFileError, load_case, save_case
+from .isolation import InProcessRunner, ProcessRunner
+from .problems import PROBLEM_MODULES, problem_module
+from .report import ReportWriter
+from .verdict import ERROR, FAIL, PASS, UNDECIDED
+
+NOT_APPLICABLE = "not_applicable"
+
+
+@dataclass
+class RunOutcome:
+    report: dict[str, Any]
+    exit_code: int
+
+
+def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dict[str, Any]:
+    """Run and judge a single case; returns its report record (never raises for backend faults)."""
+    mod = problem_module(case.problem)
+    inst = case.instance
+    record: dict[str, Any] = {
+        "case_id": case.case_id,
+        "problem": case.problem,
+        "family": case.family,
+        "dtype": case.dtype,
+        "seed": case.seed,
+        "shape": [int(inst.n), int(inst.d)] if hasattr(inst, "d") else None,
+    }
+    reason = mod.applicable(case, caps)
+    if reason is not None:
+        record.update(status=NOT_APPLICABLE, message=reason)
+        return record
+    args, kwargs = mod.call_args(case)
+    result = runner.call(mod.METHOD, *args, **kwargs)
+    record["backend_seconds"] = result.seconds
+    if not result.ok:
+        record.update(status=ERROR, message=f"{result.error_kind}: {result.error}", evidence={"kind": result.error_kind})
+        return record
+    t0 = time.perf_counter()
+    verdict = mod.judge_case(case, result.output, caps, max_prec=max_prec)
+    record.update(status=verdict.status, message=verdict.message, evidence=verdict.evidence, judge_seconds=time.perf_counter() - t0)
+    return record
+
+
+def _saved_failures(directory: Path) -> list[Any]:
+    cases = []
+    if directory.is_dir():
+        for path in sorted(directory.glob("*.json")):
+            try:
+                case, _ = load_case(path)
+            except CaseFileError as exc:
+                print(f"attnspec: skipping saved case {path.name}: {exc}", file=sys.stderr)
+                continue
+            case.case_id = f"replay/{case.case_id}"
+            cases.append(case)
+    return cases
+
+
+def run_conformance(
+    spec: str,
+    *,
+    profile: str = "quick",
+    dtypes: Iterable[str] | None = None,
+    problems: Iterable[str] | None = None,
+    report_dir: str | Path | None = "attnspec-report",
+    timeout: float = 60.0,
+    isolation: str = "process",
+    seed: int = 0,
+    progress: Callable[[int, int, dict[str, int]], None] | None = None,
+    command: str = "",
+) -> RunOutcome:
+    """Run the suite on backend ``spec``; exit code 0 iff every applicable case passed.
+
+    Undecided cases are not passes: they make the exit code 1, like failures and errors.
+    """
+    runner = ProcessRunner(spec, timeout=timeout) if isolation == "process" else InProcessRunner(spec, timeout=timeout)
+    writer = ReportWriter(report_dir)
+    header: dict[str, Any] = {"backend": {"spec": spec}, "profile": profile, "seed": seed, "command": command}
+    try:
+        if runner.load_error:
+            header["backend"]["load_error"] = runner.load_error
+            report = writer.finish(header)
+            return RunOutcome(report, 2)
+        caps = runner.capabilities
+        header["backend"]["capabilities"] = caps.to_json()
+        if isinstance(runner, InProcessRunner):
+            header["backend"].update(backend_identity(spec, runner.backend))
+        wanted = list(dtypes) if dtypes else sorted(caps.dtypes & {"float64", "float32", "float16"}) or ["float64"]
+        chosen = [p for p in (problems or caps.problems) if p in PROBLEM_MODULES]
+        failures_dir = Path(report_dir) / "failures" if report_dir is not None else None
+        cases = _saved_failures(failures_dir) if failures_dir is not None else []
+        for name in chosen:
+            cases.extend(problem_module(name).generate_cases(profile, tuple(wanted), seed))
+        total = len(cases)
+        counts = {PASS: 0, FAIL: 0, UNDECIDED: 0, ERROR: 0, NOT_APPLICABLE: 0}
+        for i, case in enumerate(cases):
+            record = judge_one(case, runner, caps)
+            if record["status"] in (FAIL, ERROR, UNDECIDED) and failures_dir is not None and not case.case_id.startswith("replay/"):
+                try:
+                    path = save_case(failures_dir, case, {"backend": spec, "status": record["status"], "message": record.get("message")})
+                    record["replay_file"] = str(path)
+                except Exception as exc:  # a case that cannot be saved is still reported
+                    record["replay_file_error"] = str(exc)
+            writer.add(record)
+            counts[record["status"]] += 1
+            if progress:
+                progress(i + 1, total, counts)
+        header["dtypes"] = wanted
+        header["problems"] = chosen
+        report = writer.finish(header)
+        s = report["summary"]
+        ok = s["fail"] == 0 and s["error"] == 0 and s["undecided"] == 0 and s["pass"] > 0
+        return RunOutcome(report, 0 if ok else 1)
+    finally:
+        runner.close()

@@ -1,0 +1,277 @@
+"""Conformance for softmax attention: case families, how a case is called and how it is judged.
+
+Cases come from named *families*, each a deterministic recipe over a seeded numpy generator, so the
+quick profile is the same list on every machine and every hypothesis version:
+
+``uniform``         entries uniform in [−B, B] for several B, random shapes;
+``degenerate``      n = 1, d = 1, scale = 0, identical key rows, constant value rows, zero queries;
+``large_logits``    rows whose logits reach ±1000 (the answer is still an ordinary convex combination);
+``near_ties``       the top two logits of a row equal, or a hair apart;
+``repeated_shape``  several instances of one shape with different data (catches stale caches);
+``odd_sizes``       n, d next to powers of two (catches dropped or doubled last blocks);
+``scale_kinds``     s = 1/d (Alman–Song) and s = 1/√d (practice);
+``hypothesis``      extra instances drawn by the public hypothesis strategies, derandomized.
+
+Tolerance: the contract ε_a when the backend claims one (approximation algorithms, within their declared
+bound B), otherwise the precision model of the backend's declared arithmetic for the case's dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..reference.softmax_attention import enclose
+from ..spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
+from ..spec.validation import max_abs_exact
+from .backends import Capabilities
+from .precision_model import contract_tolerance, softmax_tolerance
+from .verdict import Verdict, judge
+
+METHOD = "attention"
+PROFILES = ("quick", "thorough")
+
+
+@dataclass
+class Case:
+    """One conformance case: an instance with its provenance."""
+
+    case_id: str
+    family: str
+    dtype: str
+    seed: int
+    instance: SoftmaxAttentionInstance
+    problem: str = PROBLEM
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Case families: each yields (family, seed, q, k, v, scale, bound) in float64; dtype casting is
+# applied afterwards so that every input is exactly representable in the case's dtype.
+
+
+def _uniform(rng: np.random.Generator, n: int, d: int, bound: float) -> tuple[np.ndarray, ...]:
+    return tuple(rng.uniform(-bound, bound, (n, d)) for _ in range(3))
+
+
+def family_uniform(rng, count, big):
+    bounds = (0.5, 1.0, 2.0, 4.0)
+    for i in range(count):
+        n = int(rng.integers(1, 300 if big else 70))
+        d = int(rng.integers(1, 64 if big else 20))
+        b = bounds[i % len(bounds)]
+        q, k, v = _uniform(rng, n, d, b)
+        yield q, k, v, Fraction(1, d) if i % 2 else standard_scale(d, "1/sqrt(d)"), b
+
+
+def family_degenerate(rng, count, big):
+    n, d = 7, 5
+    q, k, v = _uniform(rng, n, d, 1.0)
+    yield q[:1], k[:1], v[:1], Fraction(1, 2), None  # n = 1
+    yield q[:, :1], k[:, :1], v[:, :1], Fraction(1), None  # d = 1
+    yield q, k, v, Fraction(0), None  # scale = 0: uniform average of V's rows
+    yield q, np.repeat(k[:1], n, axis=0), v, Fraction(1, 2), None  # identical key rows
+    yield q, k, np.repeat(v[:1], n, axis=0), Fraction(1, 2), None  # constant value rows
+    yield np.zeros_like(q), k, v, Fraction(1, 2), None  # zero queries
+    yield q[:1, :1], k[:1, :1], v[:1, :1], Fraction(1), None  # 1 x 1
+    for _ in range(max(0, count - 7)):
+        m = int(rng.integers(1, 40))
+        q2, k2, v2 = _uniform(rng, m, 3, 1.0)
+        yield q2, np.repeat(k2[:1], m, axis=0), v2, Fraction(0), None
+
+
+def family_large_logits(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(2, 200 if big else 48))
+        d = int(rng.integers(1, 12))
+        q, k, v = _uniform(rng, n, d, 1.0)
+        k /= np.maximum(np.abs(k).sum(axis=1, keepdims=True), 1e-300)  # ‖k_j‖₁ ≤ 1
+        target = 1000.0 if i % 2 == 0 else float(rng.uniform(50, 1000))
+        q = np.sign(q) * target  # logits up to ±target
+        rows = rng.random(n) < 0.5
+        q[~rows] = rng.uniform(-1, 1, (int((~rows).sum()), d))  # mix with ordinary rows
+        yield q, k, v, Fraction(1), None
+
+
+def family_near_ties(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(2, 64))
+        d = int(rng.integers(1, 8))
+        q, k, v = _uniform(rng, n, d, 1.0)
+        q *= 200.0  # sharp softmax, so the tie decides the answer
+        j1, j2 = rng.choice(n, size=2, replace=False)
+        k[j2] = k[j1]
+        if i % 2:
+            k[j2, 0] = np.nextafter(k[j1, 0], np.inf)  # a hair apart
+        yield q, k, v, Fraction(1, 8), None
+
+
+def family_repeated_shape(rng, count, big):
+    n, d = int(rng.integers(5, 40)), int(rng.integers(2, 10))
+    for _ in range(count):
+        q, k, v = _uniform(rng, n, d, 2.0)
+        yield q, k, v, Fraction(1, 2), 2.0
+
+
+def family_odd_sizes(rng, count, big):
+    sizes = [(63, 3), (65, 17), (127, 5), (129, 33), (31, 1), (33, 8), (257, 9), (255, 64)]
+    if big:
+        sizes += [(511, 16), (513, 64), (1000, 7), (1025, 32)]
+    for i in range(count):
+        n, d = sizes[i % len(sizes)]
+        q, k, v = _uniform(rng, n, d, 1.5)
+        yield q, k, v, standard_scale(d, "1/sqrt(d)"), 1.5
+
+
+def family_scale_kinds(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(2, 50))
+        d = int(rng.integers(1, 30))
+        q, k, v = _uniform(rng, n, d, 3.0)
+        yield q, k, v, standard_scale(d, "1/d" if i % 2 else "1/sqrt(d)"), 3.0
+
+
+FAMILIES: dict[str, Callable] = {
+    "uniform": family_uniform,
+    "degenerate": family_degenerate,
+    "large_logits": family_large_logits,
+    "near_ties": family_near_ties,
+    "repeated_shape": family_repeated_shape,
+    "odd_sizes": family_odd_sizes,
+    "scale_kinds": family_scale_kinds,
+}
+COUNTS = {
+    "quick": {"uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 5, "scale_kinds": 2, "hypothesis": 6},
+    "thorough": {"uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "hypothesis": 80},
+}
+
+
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    out = x.astype(dtype)
+    return np.where(np.isfinite(out), out, 0).astype(dtype)
+
+
+def _case_from_arrays(family: str, index: int, seed: int, dtype: str, q, k, v, scale, bound) -> Case:
+    q, k, v = (_cast(np.asarray(x, dtype=np.float64), dtype) for x in (q, k, v))
+    scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
+    b = None
+    if bound is not None:
+        b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, k, v)))  # rounding may nudge past B
+    inst = make_instance(q, k, v, scale=scale, bound=b)
+    return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+
+
+def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
+    """The deterministic case list of a profile (see module docstring), for each dtype."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
+    counts = COUNTS[profile]
+    big = profile == "thorough"
+    cases: list[Case] = []
+    for dtype in dtypes:
+        for family, recipe in FAMILIES.items():
+            fam_seed = _family_seed(seed, family)
+            rng = np.random.default_rng(fam_seed)
+            for i, (q, k, v, scale, bound) in enumerate(recipe(rng, counts[family], big)):
+                cases.append(_case_from_arrays(family, i, fam_seed, dtype, q, k, v, scale, bound))
+        cases.extend(hypothesis_cases(counts["hypothesis"], dtype, big, seed))
+    return cases
+
+
+def _family_seed(seed: int, family: str) -> int:
+    return (seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(family))) % 2**32
+
+
+def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
+    """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.strategies.softmax_instances`."""
+    if count <= 0:
+        return []
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    from .strategies import softmax_instances
+
+    drawn: list[SoftmaxAttentionInstance] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype))
+    def collect(inst: SoftmaxAttentionInstance) -> None:
+        drawn.append(inst)
+
+    collect()
+    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn[:count])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling and judging
+
+
+def call_args(case: Case) -> tuple[tuple, dict]:
+    """Positional and keyword arguments of the backend call for ``case``."""
+    inst = case.instance
+    return (inst.q, inst.k, inst.v), {"scale": float(inst.scale)}
+
+
+def applicable(case: Case, caps: Capabilities) -> str | None:
+    """None when the backend should run ``case``, else the reason it is not applicable."""
+    if PROBLEM not in caps.problems:
+        return f"backend does not declare {PROBLEM}"
+    if case.dtype not in caps.dtypes:
+        return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
+    if caps.max_n is not None and case.instance.n > caps.max_n:
+        return f"n = {case.instance.n} exceeds declared max_n = {caps.max_n}"
+    if caps.contract_eps is not None and caps.bound is not None:
+        inst = case.instance
+        m = max(max_abs_exact(x) for x in (inst.q, inst.k, inst.v))
+        if m > Fraction(caps.bound):
+            return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
+    return None
+
+
+def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str, Any]]:
+    """The tolerance a case is judged by, and a description of where it came from."""
+    inst = case.instance
+    if caps.contract_eps is not None:
+        return contract_tolerance(caps.contract_eps, inst.output_shape), {"kind": "contract", "eps": caps.contract_eps}
+    model = caps.precision_for(case.dtype)
+    tol = softmax_tolerance(inst, model)
+    return tol, {"kind": "precision_model", "model": model.__dict__.copy()}
+
+
+def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
+    """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
+    tol, source = tolerance_for(case, caps)
+    verdict = judge(output, lambda prec: enclose(case.instance, prec), tol, max_prec=max_prec)
+    verdict.evidence["tolerance_source"] = source
+    verdict.evidence["conditioning"] = conditioning(case.instance)
+    return verdict
+
+
+def instance_arrays(inst: SoftmaxAttentionInstance) -> dict[str, np.ndarray]:
+    return {"q": inst.q, "k": inst.k, "v": inst.v}
+
+
+def instance_params(inst: SoftmaxAttentionInstance) -> dict[str, Any]:
+    return {
+        "scale": str(inst.scale),
+        "bound": None if inst.bound is None else str(inst.bound),
+        "eps": None if inst.eps is None else str(inst.eps),
+    }
+
+
+def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> SoftmaxAttentionInstance:
+    """Rebuild (and re-validate) an instance from replay-file arrays and JSON parameters."""
+    def frac(x):
+        return None if x is None else Fraction(str(x))
+
+    return make_instance(arrays["q"], arrays["k"], arrays["v"], scale=frac(params["scale"]),
+                         bound=frac(params.get("bound")), eps=frac(params.get("eps")))
+
+
+def iter_families() -> Iterator[str]:
+    yield from FAMILIES
+    yield "hypothesis"
