@@ -18,7 +18,7 @@ bound B), otherwise the precision model of the backend's declared arithmetic for
 
 from __future__ import annotations
 
-import math
+import weakref
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any, Callable, Iterator
@@ -229,6 +229,11 @@ def applicable(case: Case, caps: Capabilities) -> str | None:
         m = max(max_abs_exact(x) for x in (inst.q, inst.k, inst.v))
         if m > Fraction(caps.bound):
             return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
+    if caps.contract_eps is None:
+        tol, _ = tolerance_for(case, caps)
+        if not np.isfinite(tol).all():
+            fmt = caps.precision_for(case.dtype).fmt
+            return f"the {fmt} precision model is vacuous here (max |logit| {conditioning(case.instance)['max_abs_logit']:.3g}, n = {case.instance.n}): nothing can be promised"
     return None
 
 
@@ -242,10 +247,21 @@ def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str,
     return tol, {"kind": "precision_model", "model": model.__dict__.copy()}
 
 
+_ENCLOSURES: "weakref.WeakKeyDictionary[SoftmaxAttentionInstance, dict[int, Any]]" = weakref.WeakKeyDictionary()
+
+
+def cached_enclosure(inst: SoftmaxAttentionInstance, prec: int):
+    """The reference enclosure of ``inst`` at ``prec`` bits, computed once per instance object."""
+    per_prec = _ENCLOSURES.setdefault(inst, {})
+    if prec not in per_prec:
+        per_prec[prec] = enclose(inst, prec)
+    return per_prec[prec]
+
+
 def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
     """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
     tol, source = tolerance_for(case, caps)
-    verdict = judge(output, lambda prec: enclose(case.instance, prec), tol, max_prec=max_prec)
+    verdict = judge(output, lambda prec: cached_enclosure(case.instance, prec), tol, max_prec=max_prec)
     verdict.evidence["tolerance_source"] = source
     verdict.evidence["conditioning"] = conditioning(case.instance)
     return verdict

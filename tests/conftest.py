@@ -6,8 +6,11 @@ Profiles (select with ATTNSPEC_PROFILE or HYPOTHESIS_PROFILE):
 """
 
 import os
+import sys
 
 import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # test helper modules (backend catalogues)
 from hypothesis import HealthCheck, settings
 
 settings.register_profile(

@@ -1,0 +1,47 @@
+"""The conformance cases as pytest items (collected only when the plugin is given a backend)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from attnspec.conformance.isolation import InProcessRunner, ProcessRunner
+from attnspec.conformance.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.runner import NOT_APPLICABLE, judge_one
+
+
+def _runner(config):
+    spec = config.getoption("--attnspec-backend")
+    timeout = config.getoption("--attnspec-timeout")
+    if config.getoption("--attnspec-isolation") == "process":
+        return ProcessRunner(spec, timeout=timeout)
+    return InProcessRunner(spec, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def attnspec_runner(request):
+    runner = _runner(request.config)
+    if runner.load_error:
+        pytest.fail(f"attnspec: cannot load backend: {runner.load_error}", pytrace=False)
+    yield runner
+    runner.close()
+
+
+def pytest_generate_tests(metafunc):
+    if "attnspec_case" not in metafunc.fixturenames:
+        return
+    config = metafunc.config
+    dtypes = tuple(config.getoption("--attnspec-dtype") or ("float64", "float32"))
+    cases = []
+    for name in PROBLEM_MODULES:
+        cases.extend(problem_module(name).generate_cases(config.getoption("--attnspec-profile"), dtypes, 0))
+    metafunc.parametrize("attnspec_case", cases, ids=[c.case_id for c in cases])
+
+
+def test_conformance(attnspec_case, attnspec_runner):
+    record = judge_one(attnspec_case, attnspec_runner, attnspec_runner.capabilities)
+    if record["status"] == NOT_APPLICABLE:
+        pytest.skip(record["message"])
+    evidence = json.dumps(record.get("evidence", {}), default=str, indent=1)
+    assert record["status"] == "pass", f"{record['status']}: {record['message']}\nevidence: {evidence}"
