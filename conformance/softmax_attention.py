@@ -118,7 +118,7 @@ def family_repeated_shape(rng, count, big):
 
 
 def family_odd_sizes(rng, count, big):
-    sizes = [(63, 3), (65, 17), (127, 5), (129, 33), (31, 1), (33, 8), (257, 9), (255, 64)]
+    sizes = [(63, 3), (65, 17), (127, 5), (129, 33), (1025, 4), (40, 128), (31, 1), (33, 8), (257, 9), (255, 64)]
     if big:
         sizes += [(511, 16), (513, 64), (1000, 7), (1025, 32)]
     for i in range(count):
@@ -145,7 +145,7 @@ FAMILIES: dict[str, Callable] = {
     "scale_kinds": family_scale_kinds,
 }
 COUNTS = {
-    "quick": {"uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 5, "scale_kinds": 2, "hypothesis": 6},
+    "quick": {"uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "hypothesis": 6},
     "thorough": {"uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "hypothesis": 80},
 }
 

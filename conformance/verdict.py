@@ -45,6 +45,10 @@ class Verdict:
 class OutputError(ValueError):
     """A backend output is unusable: wrong shape, non-numeric, complex, NaN or Inf."""
 
+    def __init__(self, message: str, index: tuple[int, ...] | None = None):
+        super().__init__(message)
+        self.index = index
+
 
 def coerce_output(output: Any, shape: tuple[int, ...]) -> np.ndarray:
     """The backend output as an exact float64 array of ``shape``, or :class:`OutputError`.
@@ -73,7 +77,7 @@ def coerce_output(output: Any, shape: tuple[int, ...]) -> np.ndarray:
     bad = ~np.isfinite(arr)
     if bad.any():
         idx = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise OutputError(f"output has a non-finite entry {float(arr[idx])!r} at {list(idx)}")
+        raise OutputError(f"output has a non-finite entry {float(arr[idx])!r} at {list(idx)}", idx)
     return arr
 
 
@@ -119,7 +123,11 @@ def judge(
     try:
         y = coerce_output(output, target_shape)
     except OutputError as exc:
-        return Verdict(ERROR, str(exc), {"kind": "bad_output"})
+        evidence: dict[str, Any] = {"kind": "bad_output"}
+        if exc.index is not None:
+            evidence["worst_index"] = list(exc.index)
+            evidence["output"] = float(np.asarray(output, dtype=np.float64)[exc.index])
+        return Verdict(ERROR, str(exc), evidence)
     tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), target_shape)
     if np.any(np.isnan(tol)) or np.any(tol < 0):
         raise ValueError("tolerance must be non-negative")
