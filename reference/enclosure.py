@@ -10,6 +10,7 @@ This module also converts exact inputs to Arb/FLINT objects without any rounding
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -22,16 +23,28 @@ _TINY = 4 * 5e-324  # covers the absolute rounding error of subnormal conversion
 
 
 @contextmanager
-def working_precision(bits: int) -> Iterator[None]:
-    """Run a block at ``bits`` of Arb working precision (restoring the caller's afterwards)."""
+def working_precision(bits: int, threads: int | None = None) -> Iterator[None]:
+    """Run a block at ``bits`` of Arb working precision, optionally with FLINT using ``threads``
+    threads for matrix products (restoring the caller's settings afterwards)."""
     if bits < 2:
         raise ValueError(f"precision must be at least 2 bits, got {bits}")
-    old = ctx.prec
+    old_prec, old_threads = ctx.prec, ctx.threads
     ctx.prec = int(bits)
+    if threads is not None:
+        ctx.threads = max(1, int(threads))
     try:
         yield
     finally:
-        ctx.prec = old
+        ctx.prec = old_prec
+        ctx.threads = old_threads
+
+
+def default_threads() -> int:
+    """Threads for FLINT's matrix products: every core this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def fraction_of(x: arb | fmpq | float | int) -> Fraction:

@@ -21,7 +21,7 @@ from flint import arb, arb_mat
 
 from ..spec.softmax_attention import SoftmaxAttentionInstance
 from ..spec.validation import to_float64
-from .enclosure import Enclosure, arb_matrix, exact_arb, exact_product, fraction_of, working_precision
+from .enclosure import Enclosure, arb_matrix, default_threads, exact_arb, exact_product, fraction_of, working_precision
 
 DEFAULT_PREC = 128
 
@@ -40,7 +40,7 @@ def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosu
     """
     n, dv = inst.output_shape
     shifts = row_shifts(inst)
-    with working_precision(prec):
+    with working_precision(prec, threads=default_threads()):
         logits = exact_product(inst.q, inst.k) * exact_arb(inst.scale)
         exp = arb.exp
         flat = logits.entries()
