@@ -8,11 +8,12 @@ softmax attention, entry (i, l), arithmetic with unit roundoff u, γ_k = k·u / 
     W_i  = 2 (S_i + Δ_i)                               (max |argument| of any exp, shifted or not)
     α_i  = exp(Δ_i + 2u·W_i) · (1 + 2·c·u)^{R+1} · (1 + u)^{R+n+2} − 1
                                                       (relative perturbation of each weight, incl. sums)
-    τ_il = ‖v_{:,l}‖∞ · [2α_i + 2u(1 + α_i)] / (1 − α_i)  +  2n·λ·‖v_{:,l}‖∞
+    τ_il = ‖v_{:,l}‖∞ · [2α_i + 2u(1 + α_i)] / (1 − α_i)  +  2n·λ·‖v_{:,l}‖∞  +  (2n + 4)·λ
 
 with c the exp accuracy in ulps, R the number of online-softmax rescalings a weight may undergo
 (≤ ceil(n / block); n when unknown), λ the smallest positive normal of the format (underflow). The
-bound is vacuous (∞) when α_i ≥ 1/2, i.e. when the format cannot say anything for this size.
+bound is vacuous (∞) when α_i ≥ 1/2, i.e. when the format cannot say anything for this size. The last
+term covers operations in the subnormal range (absolute errors, flush-to-zero included).
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def softmax_tolerance(inst: SoftmaxAttentionInstance, model: PrecisionModel) -> 
     v = np.abs(to_float64(inst.v))
     col_norm = v.max(axis=0)  # ‖v_{:,l}‖∞, exact for float inputs
     if model.exact_rounded:
-        return np.broadcast_to(2 * u * col_norm * _EVAL_SLACK, inst.output_shape).copy()
+        # One rounding of the exact value: relative 2u, or absolute ≤ λ in the subnormal range.
+        tol = 2 * u * col_norm + SMALLEST_NORMAL[model.fmt]
+        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
     q = np.abs(to_float64(inst.q))
     k = np.abs(to_float64(inst.k))
     # S_i computed in float64 then inflated: the product of |q||k| entries is a float64 dot with
@@ -96,8 +99,11 @@ def softmax_tolerance(inst: SoftmaxAttentionInstance, model: PrecisionModel) -> 
     alpha = np.expm1(log_growth)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         row_factor = np.where(alpha < 0.5, (2 * alpha + 2 * u * (1 + alpha)) / (1 - alpha), np.inf)
-    underflow = 2 * n * SMALLEST_NORMAL[model.fmt]
-    tol = (row_factor[:, None] + underflow) * col_norm[None, :]
+    lam = SMALLEST_NORMAL[model.fmt]
+    # Underflowing weights (relative to ‖v‖) and operations in the subnormal range, where rounding
+    # (or flush-to-zero) errors are absolute, ≤ λ per operation on an output entry (n products,
+    # n − 1 additions, division and cast).
+    tol = (row_factor[:, None] + 2 * n * lam) * col_norm[None, :] + (2 * n + 4) * lam
     return tol * _EVAL_SLACK
 
 
