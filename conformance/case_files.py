@@ -119,6 +119,9 @@ def load_case(path: str | os.PathLike) -> tuple[Any, dict[str, Any]]:
         meta = expected[name]
         if not isinstance(meta, dict) or meta.get("sha256") != _sha256(arr):
             raise CaseFileError(f"{npz_path}: array {name!r} does not match its SHA-256 in the manifest")
+    for name, arr in arrays.items():  # the case's dtype picks its tolerance: it must be the data's
+        if arr.dtype.kind == "f" and str(arr.dtype) != manifest["dtype"]:
+            raise CaseFileError(f"{npz_path}: array {name!r} has dtype {arr.dtype}, but the case declares dtype {manifest['dtype']!r}")
     try:
         inst = mod.instance_from_files(arrays, manifest["params"])
     except Exception as exc:

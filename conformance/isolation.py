@@ -41,8 +41,11 @@ def encode_payload(obj: Any) -> bytes:
 
     def walk(x: Any) -> Any:
         if isinstance(x, np.ndarray) or (hasattr(x, "__array__") and not isinstance(x, (int, float, str))):
+            arr = np.asarray(x)
+            if arr.dtype.hasobject:  # np.savez would pickle it, and the receiver must never unpickle
+                raise TypeError(f"cannot send an object array ({arr.dtype}) without pickle")
             key = f"a{len(arrays)}"
-            arrays[key] = np.asarray(x)
+            arrays[key] = arr
             return {"__array__": key}
         if isinstance(x, (list, tuple)):
             return [walk(v) for v in x]
@@ -170,7 +173,11 @@ class ProcessRunner:
                 return CallResult(False, error_kind="load", error=self.load_error)
         t0 = time.perf_counter()
         try:
-            self._conn.send_bytes(encode_payload({"method": method, "args": list(args), "kwargs": kwargs}))
+            request = encode_payload({"method": method, "args": list(args), "kwargs": kwargs})
+        except TypeError as exc:  # e.g. exact-rational (object) inputs: they cannot cross without pickle
+            return CallResult(False, error_kind="bad_input", error=str(exc))
+        try:
+            self._conn.send_bytes(request)
             if not self._conn.poll(self.timeout):
                 self._kill()
                 return CallResult(False, error_kind="timeout", error=f"no answer within {self.timeout:g} s (worker killed)", seconds=time.perf_counter() - t0)

@@ -98,6 +98,18 @@ def _exact_error_bounds(y: float, enc: Enclosure, index: tuple[int, ...]) -> tup
     return max(Fraction(0), lo - yf, yf - hi), max(yf - lo, hi - yf)
 
 
+def _float_down(x: Fraction) -> float:
+    """The largest float64 ≤ x (float() rounds to nearest, which may land above x)."""
+    f = float(x)
+    return float(np.nextafter(f, -np.inf)) if Fraction(f) > x else f
+
+
+def _float_up(x: Fraction) -> float:
+    """The smallest float64 ≥ x."""
+    f = float(x)
+    return float(np.nextafter(f, np.inf)) if Fraction(f) < x else f
+
+
 def _ratio(err: float, tol: float) -> float:
     if tol > 0:
         return err / tol
@@ -178,9 +190,9 @@ def _judge_once(y: np.ndarray, enc: Enclosure, tol: np.ndarray) -> Verdict:
         upper_ratio = np.where(tol > 0, upper / safe_tol, np.where(upper > 0, np.inf, 0.0))
         lower_ratio = np.where(tol > 0, lower / safe_tol, np.where(lower > 0, np.inf, 0.0))
     for idx, (lo_e, up_e) in exact.items():  # exact bounds supersede the float ones
-        lower[idx], upper[idx] = float(lo_e), float(up_e)
-        upper_ratio[idx] = _ratio(float(up_e), float(tol[idx]))
-        lower_ratio[idx] = _ratio(float(lo_e), float(tol[idx]))
+        lower[idx], upper[idx] = _float_down(lo_e), _float_up(up_e)  # outward: still certified
+        upper_ratio[idx] = _ratio(float(upper[idx]), float(tol[idx]))
+        lower_ratio[idx] = _ratio(float(lower[idx]), float(tol[idx]))
 
     if certain_fail.any():
         masked = np.where(certain_fail, lower_ratio, -np.inf)

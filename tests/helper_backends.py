@@ -1,0 +1,143 @@
+"""Small backends for the conformance-core tests: one correct, the rest misbehaving on purpose.
+
+They are named in tests as ``<this file>:<attr>`` (see :data:`SPEC_PREFIX`) so that a spawned worker
+process imports them from the file, exactly as a user's unseen backend would be loaded.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+SPEC_PREFIX = str(Path(__file__).resolve()) + ":"
+
+# Scales that make :class:`Selective` misbehave (every other scale gets a correct answer).
+CRASH_SCALE = 101.0
+HANG_SCALE = 102.0
+RAISE_SCALE = 103.0
+
+
+def correct_attention(q, k, v, scale):
+    """Row-max-shifted softmax attention in float64 (the textbook computation)."""
+    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
+    logits = scale * (q @ k.T)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)) @ v
+
+
+class Correct:
+    """A correct float64 backend (declares float64 only)."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
+
+    def attention(self, q, k, v, *, scale):
+        return correct_attention(q, k, v, scale)
+
+
+class IgnoresScale:
+    """Broken: forgets the scale (computes softmax(QKᵀ) V)."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
+
+    def attention(self, q, k, v, *, scale):
+        return correct_attention(q, k, v, 1.0)
+
+
+class Raising:
+    """Raises on every call."""
+
+    def attention(self, q, k, v, *, scale):
+        raise RuntimeError("helper backend refuses to compute")
+
+
+class Crashing:
+    """Kills its own process on every call (as a segfault would)."""
+
+    def attention(self, q, k, v, *, scale):
+        os._exit(13)
+
+
+class Hanging:
+    """Never answers in any reasonable time."""
+
+    def attention(self, q, k, v, *, scale):
+        time.sleep(3600)
+
+
+class Sleepy:
+    """Answers correctly, but only after ``delay`` seconds."""
+
+    delay = 0.3
+
+    def attention(self, q, k, v, *, scale):
+        time.sleep(self.delay)
+        return correct_attention(q, k, v, scale)
+
+
+class Selective:
+    """Correct, except for three magic scales: crash, hang, raise (to test recovery in one worker)."""
+
+    def attention(self, q, k, v, *, scale):
+        if scale == CRASH_SCALE:
+            os._exit(7)
+        if scale == HANG_SCALE:
+            time.sleep(3600)
+        if scale == RAISE_SCALE:
+            raise ValueError("magic scale 103")
+        return correct_attention(q, k, v, scale)
+
+
+class ShapeTriggered:
+    """Correct, except: crashes when Q is 1×5 and hangs when Q is 7×1 (two cases of the quick profile's
+    degenerate family), so a full run must lose exactly those cases and nothing else."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
+
+    def attention(self, q, k, v, *, scale):
+        if q.shape == (1, 5):
+            os._exit(9)
+        if q.shape == (7, 1):
+            time.sleep(3600)
+        return correct_attention(q, k, v, scale)
+
+
+def _garbage(make):
+    class Garbage:
+        def attention(self, q, k, v, *, scale):
+            return make(correct_attention(q, k, v, scale))
+
+    return Garbage
+
+
+def _with_nan(y):
+    y = y.copy()
+    y.flat[-1] = np.nan
+    return y
+
+
+def _with_inf(y):
+    y = y.copy()
+    y.flat[0] = np.inf
+    return y
+
+
+# name -> backend class returning garbage derived from the correct answer y
+GARBAGE = {
+    "nan": _garbage(_with_nan),
+    "inf": _garbage(_with_inf),
+    "wrong_shape": _garbage(lambda y: y.T.copy() if y.shape[0] != y.shape[1] else y[:, :-1] if y.shape[1] > 1 else np.zeros((y.shape[0] + 1, 1))),
+    "extra_axis": _garbage(lambda y: y[None]),
+    "complex": _garbage(lambda y: y.astype(np.complex128)),
+    "strings": _garbage(lambda y: y.astype(str)),
+    "object": _garbage(lambda y: np.array(y.tolist(), dtype=object)),
+    "none": _garbage(lambda y: None),
+    "scalar": _garbage(lambda y: 0.5),
+}
+
+# Module-level names, so that each garbage backend can be named as "<file>:Garbage_<name>".
+for _name, _cls in GARBAGE.items():
+    _cls.__name__ = _cls.__qualname__ = f"Garbage_{_name}"
+    globals()[_cls.__name__] = _cls
