@@ -1,0 +1,511 @@
+"""Conformance for tensor (k-th order) attention: cases, tolerances, judging, built-in backends.
+
+Backend protocol: ``tensor_attention(q, keys, values, *, scale)`` with ``keys`` and ``values`` lists of
+k − 1 numpy arrays (n×d and n×d_v), returning an n×d_v array; capability problem name
+``"tensor_attention"``. Key tuples are ordered lexicographically (j₁ slowest) *in the definition*, but
+the output does not depend on that convention, so backends may order them any way.
+
+Case families (deterministic recipes over a seeded numpy generator; the quick list is the same on every
+machine): ``uniform`` (k = 3, entries in [−B, B] for B ∈ {0.5, 1, 1.5}, s = 1/d: the paper's setting),
+``order4`` (k = 4), ``odd_sizes`` (prime n, so n^{k−1} is no multiple of any power-of-two block),
+``large_logits`` (logits up to ±1000), ``near_ties`` (two key tuples with equal or adjacent logits under
+a sharp softmax), ``degenerate`` (n = 1, d = 1, s = 0, identical keys, k = 2), ``unequal_keys`` (K₁ and
+K₂ on different scales and V₁ ≠ V₂, so swapping factors shows), ``hypothesis`` (public strategy
+:func:`tensor_instances`, derandomized).
+
+Tolerance: the contract ε_a for approximation backends (applicable only within their declared bound B
+and logit radius), otherwise :func:`tensor_tolerance`, the precision model derived in
+``docs/tensor-attention.md``.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..reference.tensor_attention import enclose
+from ..spec.tensor_attention import (
+    PROBLEM,
+    TensorAttentionInstance,
+    _abs_logit_row_max,
+    conditioning,
+    make_instance,
+    standard_scale,
+)
+from ..spec.validation import max_abs_exact, to_float64
+from .backends import Capabilities
+from .precision_model import _EVAL_SLACK, SMALLEST_NORMAL, PrecisionModel, _gamma, contract_tolerance
+from .verdict import Verdict, judge
+
+METHOD = "tensor_attention"
+PROFILES = ("quick", "thorough")
+
+
+@dataclass
+class Case:
+    """One tensor-attention conformance case: an instance with its provenance."""
+
+    case_id: str
+    family: str
+    dtype: str
+    seed: int
+    instance: TensorAttentionInstance
+    problem: str = PROBLEM
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# Families: each yields (q, keys, values, scale, bound) in float64.
+
+
+def _mats(rng, n, d, bound, count, dv=None):
+    return [rng.uniform(-bound, bound, (n, dv or d)) for _ in range(count)]
+
+
+def family_uniform(rng, count, big):
+    bounds = (0.5, 1.0, 1.5)
+    for i in range(count):
+        n = int(rng.integers(2, 30 if big else 14))
+        d = int(rng.integers(1, 6))
+        b = bounds[i % len(bounds)]
+        q, = _mats(rng, n, d, b, 1)
+        yield q, _mats(rng, n, d, b, 2), _mats(rng, n, d, b, 2), Fraction(1, d), b
+
+
+def family_order4(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(2, 10 if big else 7))
+        d = int(rng.integers(1, 5))
+        b = (0.5, 1.0)[i % 2]
+        q, = _mats(rng, n, d, b, 1)
+        yield q, _mats(rng, n, d, b, 3), _mats(rng, n, d, b, 3), Fraction(1, d), b
+
+
+def family_odd_sizes(rng, count, big):
+    sizes = [(13, 3, 3), (17, 2, 3), (23, 4, 3), (5, 3, 4), (7, 2, 4), (31, 3, 3)]
+    if big:
+        sizes += [(37, 5, 3), (11, 3, 4), (61, 3, 3)]
+    for i in range(count):
+        n, d, k = sizes[i % len(sizes)]
+        q, = _mats(rng, n, d, 1.0, 1)
+        yield q, _mats(rng, n, d, 1.0, k - 1), _mats(rng, n, d, 1.0, k - 1), Fraction(1, d), 1.0
+
+
+def family_large_logits(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(2, 12))
+        d = int(rng.integers(1, 5))
+        k = 3 if i % 3 else 4
+        keys = [np.sign(rng.uniform(-1.0, 1.0, (n, d))) for _ in range(k - 1)]  # ±1 entries
+        target = 1000.0 if i % 2 == 0 else float(rng.uniform(50, 1000))
+        # Row i aims at a random tuple J_i: q_i = ±(target/d)·(k₁∘…)[J_i], so |logit(i, J_i)| = target
+        # exactly and every other |logit| ≤ target. Half the rows stay ordinary.
+        q = rng.uniform(-1.0, 1.0, (n, d))
+        for row in range(n):
+            if rng.random() < 0.5:
+                hit = np.ones(d)
+                for key in keys:
+                    hit = hit * key[int(rng.integers(0, n))]
+                q[row] = (1 if rng.random() < 0.5 else -1) * (target / d) * hit
+        yield q, keys, _mats(rng, n, d, 1.0, k - 1), Fraction(1), None
+
+
+def family_near_ties(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(3, 12))
+        d = int(rng.integers(1, 5))
+        q, = _mats(rng, n, d, 1.0, 1)
+        q *= 300.0  # sharp softmax: the tie decides the answer
+        k1, k2 = _mats(rng, n, d, 1.0, 2)
+        a, b = rng.choice(n, size=2, replace=False)
+        k1[b] = k1[a]  # tuples (a, j) and (b, j) have equal logits ...
+        if i % 2:
+            k1[b, 0] = np.nextafter(k1[a, 0], np.inf)  # ... or a hair apart
+        yield q, [k1, k2], _mats(rng, n, d, 1.0, 2), Fraction(1, 4), None
+
+
+def family_degenerate(rng, count, big):
+    n, d = 6, 3
+    q, k1, k2, v1, v2 = _mats(rng, n, d, 1.0, 5)
+    yield q[:1], [k1[:1], k2[:1]], [v1[:1], v2[:1]], Fraction(1, 2), None  # n = 1
+    yield q[:, :1], [k1[:, :1], k2[:, :1]], [v1[:, :1], v2[:, :1]], Fraction(1), None  # d = 1
+    yield q, [k1, k2], [v1, v2], Fraction(0), None  # s = 0: plain average of V₁⊘V₂
+    yield q, [np.repeat(k1[:1], n, 0), k2], [v1, v2], Fraction(1, 2), None  # identical K₁ rows
+    yield q, [k1], [v1], Fraction(1, 2), None  # k = 2: ordinary softmax attention
+    yield np.zeros_like(q), [k1, k2], [v1, v2], Fraction(1), None  # zero queries
+    yield q, [k1, k2], _mats(rng, n, d, 1.0, 2, dv=5), Fraction(1, 3), None  # d_v = 5 ≠ d = 3
+    for _ in range(max(0, count - 7)):
+        m = int(rng.integers(1, 8))
+        a = _mats(rng, m, 2, 1.0, 5)
+        yield a[0], a[1:3], a[3:5], Fraction(0), None
+
+
+def family_unequal_keys(rng, count, big):
+    for i in range(count):
+        n = int(rng.integers(3, 12))
+        d = int(rng.integers(2, 5))
+        q, = _mats(rng, n, d, 1.0, 1)
+        k1 = rng.uniform(-1.0, 1.0, (n, d))
+        k2 = rng.uniform(0.0, 1.0, (n, d)) * np.linspace(0.1, 1.0, d)  # different scale and sign pattern
+        v1 = rng.uniform(-1.0, 1.0, (n, d))
+        v2 = rng.uniform(0.2, 1.0, (n, d))
+        yield q, [k1, k2], [v1, v2], Fraction(1, d), 1.0
+
+
+FAMILIES: dict[str, Callable] = {
+    "uniform": family_uniform,
+    "order4": family_order4,
+    "odd_sizes": family_odd_sizes,
+    "large_logits": family_large_logits,
+    "near_ties": family_near_ties,
+    "degenerate": family_degenerate,
+    "unequal_keys": family_unequal_keys,
+}
+COUNTS = {
+    "quick": {"uniform": 6, "order4": 3, "odd_sizes": 6, "large_logits": 3, "near_ties": 4, "degenerate": 7, "unequal_keys": 3, "hypothesis": 5},
+    "thorough": {"uniform": 40, "order4": 12, "odd_sizes": 9, "large_logits": 16, "near_ties": 16, "degenerate": 12, "unequal_keys": 12, "hypothesis": 60},
+}
+
+
+def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
+    out = np.asarray(x, dtype=np.float64).astype(dtype)
+    return np.where(np.isfinite(out), out, 0).astype(dtype)
+
+
+def _case_from_arrays(family, index, seed, dtype, q, keys, values, scale, bound) -> Case:
+    q = _cast(q, dtype)
+    keys = [_cast(x, dtype) for x in keys]
+    values = [_cast(x, dtype) for x in values]
+    scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
+    b = None
+    if bound is not None:  # rounding to the dtype may nudge an entry past B
+        b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, *keys, *values)))
+    inst = make_instance(q, keys, values, scale=scale, bound=b)
+    return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+
+
+def _family_seed(seed: int, family: str) -> int:
+    return (seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(family)) + 7) % 2**32
+
+
+def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
+    """The deterministic case list of a profile, for each dtype (see module docstring)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
+    counts = COUNTS[profile]
+    big = profile == "thorough"
+    cases: list[Case] = []
+    for dtype in dtypes:
+        for family, recipe in FAMILIES.items():
+            fam_seed = _family_seed(seed, family)
+            rng = np.random.default_rng(fam_seed)
+            for i, (q, keys, values, scale, bound) in enumerate(recipe(rng, counts[family], big)):
+                cases.append(_case_from_arrays(family, i, fam_seed, dtype, q, keys, values, scale, bound))
+        cases.extend(hypothesis_cases(counts["hypothesis"], dtype, big, seed))
+    return cases
+
+
+# ---------------------------------------------------------------------------------------------
+# Public hypothesis strategy
+
+
+def tensor_instances(max_n: int = 8, max_d: int = 4, orders: tuple[int, ...] = (3, 4), bound: float | None = None,
+                     dtype: str = "float64"):
+    """Hypothesis strategy for :class:`TensorAttentionInstance` (sizes kept small: work is n^k·d).
+
+    ``bound`` fixes B; otherwise B ∈ {0.5, 1, 2, 4}. Scales: 1/d, 1/√d, 0, or any in [−2, 2].
+    """
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+
+    width = {"float64": 64, "float32": 32, "float16": 16}[dtype]
+
+    @st.composite
+    def draw_instance(draw):
+        k = draw(st.sampled_from(orders), label="order")
+        n_cap = max_n if k <= 3 else max(1, min(max_n, 6))
+        n = draw(st.integers(1, n_cap), label="n")
+        d = draw(st.integers(1, max_d), label="d")
+        b = bound if bound is not None else draw(st.sampled_from([0.5, 1.0, 2.0, 4.0]), label="bound")
+        mat = hnp.arrays(np.dtype(dtype), (n, d), elements=st.floats(-b, b, width=width, allow_nan=False, allow_infinity=False))
+        q = draw(mat, label="q")
+        keys = [draw(mat, label=f"k{m + 1}") for m in range(k - 1)]
+        values = [draw(mat, label=f"v{m + 1}") for m in range(k - 1)]
+        scale = draw(st.one_of(
+            st.sampled_from(["1/d", "1/sqrt(d)"]).map(lambda kind: standard_scale(d, kind)),
+            st.just(Fraction(0)),
+            st.floats(-2, 2, width=width, allow_nan=False).map(Fraction),
+        ), label="scale")
+        scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))
+        return make_instance(q, keys, values, scale=scale, bound=b)
+
+    return draw_instance()
+
+
+def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
+    """``count`` instances drawn (derandomized) from :func:`tensor_instances`."""
+    if count <= 0:
+        return []
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    drawn: list[TensorAttentionInstance] = []
+
+    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
+              suppress_health_check=list(HealthCheck))
+    @given(tensor_instances(max_n=14 if big else 8, max_d=5 if big else 3, dtype=dtype))
+    def collect(inst):
+        drawn.append(inst)
+
+    collect()
+    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn[:count])]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tolerances
+
+
+def value_column_norms(inst: TensorAttentionInstance) -> np.ndarray:
+    """‖(V₁⊘…⊘V_{k−1})[:, l]‖∞ = Π_m ‖V_m[:, l]‖∞ per column, rounded up from float64."""
+    norms = np.ones(inst.output_shape[1])
+    for v in inst.values:
+        norms = norms * np.abs(to_float64(v)).max(axis=0)
+    return norms * (1 + len(inst.values) * 2.0**-52)
+
+
+def tensor_tolerance(inst: TensorAttentionInstance, model: PrecisionModel) -> np.ndarray:
+    """Per-entry precision-model tolerance τ_il (derivation: docs/tensor-attention.md).
+
+    With N = n^{k−1} key tuples, S_i = |s|·max_J Σ_t |q_it Π_m K_m[j_m,t]|, u the unit roundoff:
+
+        Δ_i = γ_{d+k+2} S_i,   W_i = 2(S_i + Δ_i)
+        α_i = exp(Δ_i + 2u W_i)·(1 + 2cu)^{R+1}·(1 + u)^{R+N+k} − 1
+        τ_il = ‖V⊘[:, l]‖∞ ([2α_i + 2u(1 + α_i)]/(1 − α_i) + 2Nλ) + ((k+1)N + 4)λ   (∞ if α_i ≥ 1/2)
+
+    k = 2 reproduces the softmax model exactly. R = rescalings (N when unknown), c = exp ulps.
+    """
+    n, d, k = inst.n, inst.d, inst.order
+    big_n = inst.num_tuples
+    u = model.u
+    lam = SMALLEST_NORMAL[model.fmt]
+    col_norm = value_column_norms(inst)
+    if model.exact_rounded:
+        tol = 2 * u * col_norm + lam
+        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
+    _, _, mag = _abs_logit_row_max(inst)
+    # mag is a float64 evaluation of k-fold products summed over d terms: inflate by its own γ bound.
+    s_row = mag * (1 + (d + k + 2) * 2.0**-52)
+    rescales = big_n if model.max_rescales is None else int(model.max_rescales)
+    delta = _gamma(d + k + 2, u) * s_row
+    w = 2 * (s_row + delta)
+    log_growth = (delta + 2 * u * w + (rescales + 1) * math.log1p(2 * model.exp_ulps * u)
+                  + (rescales + big_n + k) * math.log1p(u))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        alpha = np.expm1(log_growth)
+        row_factor = np.where(alpha < 0.5, (2 * alpha + 2 * u * (1 + alpha)) / (1 - alpha), np.inf)
+    tol = (row_factor[:, None] + 2 * big_n * lam) * col_norm[None, :] + ((k + 1) * big_n + 4) * lam
+    return tol * _EVAL_SLACK
+
+
+def contract_logit_radius(inst: TensorAttentionInstance, bound: float) -> float:
+    """R = |s|·d·B^k for the declared bound B: the logit range a contract backend must cover."""
+    return abs(float(inst.scale)) * inst.d * float(bound) ** inst.order
+
+
+# ---------------------------------------------------------------------------------------------
+# Calling and judging
+
+
+def call_args(case: Case) -> tuple[tuple, dict]:
+    inst = case.instance
+    return (inst.q, list(inst.keys), list(inst.values)), {"scale": float(inst.scale)}
+
+
+def applicable(case: Case, caps: Capabilities) -> str | None:
+    """None when the backend should run ``case``, else the reason it is not applicable.
+
+    Contract backends (``contract_eps``) run only on cases inside their declared entry bound B and, when
+    they declare ``max_logit_radius`` R_max, with |s|·d·B^k ≤ R_max; without that declaration the
+    paper's normalisation |s| ≤ 1/d (so R ≤ B^k) is assumed [S].
+    """
+    inst = case.instance
+    if PROBLEM not in caps.problems:
+        return f"backend does not declare {PROBLEM}"
+    if case.dtype not in caps.dtypes:
+        return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
+    if caps.max_n is not None and inst.n > caps.max_n:
+        return f"n = {inst.n} exceeds declared max_n = {caps.max_n}"
+    if caps.contract_eps is not None:
+        if caps.bound is None:
+            return "contract backend declares no entry bound B"
+        m = max(max_abs_exact(x) for x in (inst.q, *inst.keys, *inst.values))
+        if m > Fraction(caps.bound):
+            return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
+        r_max = getattr(caps, "max_logit_radius", None)
+        r_max = float(caps.bound) ** inst.order if r_max is None else float(r_max)
+        radius = contract_logit_radius(inst, caps.bound)
+        if radius > r_max * (1 + 2.0**-40):
+            return f"logit radius |s|·d·B^k = {radius:g} exceeds the contract's {r_max:g}"
+        return None
+    tol, _ = tolerance_for(case, caps)
+    if not np.isfinite(tol).all():
+        fmt = caps.precision_for(case.dtype).fmt
+        return f"the {fmt} precision model is vacuous here (n^(k-1) = {inst.num_tuples}): nothing can be promised"
+    return None
+
+
+def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str, Any]]:
+    inst = case.instance
+    if caps.contract_eps is not None:
+        return contract_tolerance(caps.contract_eps, inst.output_shape), {"kind": "contract", "eps": caps.contract_eps}
+    model = caps.precision_for(case.dtype)
+    return tensor_tolerance(inst, model), {"kind": "precision_model", "model": model.__dict__.copy()}
+
+
+_ENCLOSURES: "weakref.WeakKeyDictionary[TensorAttentionInstance, dict[int, Any]]" = weakref.WeakKeyDictionary()
+
+
+def cached_enclosure(inst: TensorAttentionInstance, prec: int):
+    """The reference enclosure of ``inst`` at ``prec`` bits, computed once per instance object."""
+    per_prec = _ENCLOSURES.setdefault(inst, {})
+    if prec not in per_prec:
+        per_prec[prec] = enclose(inst, prec)
+    return per_prec[prec]
+
+
+def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
+    """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
+    tol, source = tolerance_for(case, caps)
+    verdict = judge(output, lambda prec: cached_enclosure(case.instance, prec), tol, max_prec=max_prec)
+    verdict.evidence["tolerance_source"] = source
+    verdict.evidence["conditioning"] = conditioning(case.instance)
+    return verdict
+
+
+def instance_arrays(inst: TensorAttentionInstance) -> dict[str, np.ndarray]:
+    out = {"q": inst.q}
+    for m, (k, v) in enumerate(zip(inst.keys, inst.values)):
+        out[f"k{m + 1}"] = k
+        out[f"v{m + 1}"] = v
+    return out
+
+
+def instance_params(inst: TensorAttentionInstance) -> dict[str, Any]:
+    return {
+        "order": inst.order,
+        "scale": str(inst.scale),
+        "bound": None if inst.bound is None else str(inst.bound),
+        "eps": None if inst.eps is None else str(inst.eps),
+    }
+
+
+def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> TensorAttentionInstance:
+    """Rebuild (and re-validate) an instance from replay-file arrays and JSON parameters."""
+    def frac(x):
+        return None if x is None else Fraction(str(x))
+
+    order = int(params["order"])
+    keys = [arrays[f"k{m + 1}"] for m in range(order - 1)]
+    values = [arrays[f"v{m + 1}"] for m in range(order - 1)]
+    return make_instance(arrays["q"], keys, values, scale=frac(params["scale"]), bound=frac(params.get("bound")),
+                         eps=frac(params.get("eps")))
+
+
+def iter_families() -> Iterator[str]:
+    yield from FAMILIES
+    yield "hypothesis"
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in tensor backends
+
+
+class TensorReferenceBackend:
+    """The certified reference rounded once to float64 (enclosure midpoint at 128 bits)."""
+
+    capabilities = {
+        "problems": {PROBLEM},
+        "dtypes": {"float64", "float32"},
+        "devices": {"cpu"},
+        "max_n": 64,
+        "deterministic": True,
+        "precision": {"float64": PrecisionModel("float64", exact_rounded=True),
+                      "float32": PrecisionModel("float64", exact_rounded=True)},
+    }
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        return enclose(make_instance(q, keys, values, scale=scale), 128).mid()
+
+
+class TensorNumpyBackend:
+    """attnspec's exact blocked online-softmax tensor attention on numpy, in the input dtype."""
+
+    def __init__(self, block_size: int | None = 61):
+        from ..accelerated import tensor_attention as impl
+
+        self._impl = impl
+        self.block_size = block_size  # 61 (prime) by default: small cases still span several blocks
+        self.capabilities = {"problems": {PROBLEM}, "dtypes": {"float64", "float32"}, "devices": {"cpu"}, "deterministic": True}
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        return self._impl.tensor_attention(q, keys, values, scale=scale, block_size=self.block_size)
+
+
+class TensorPolynomialBackend:
+    """The Alman–Song polynomial method: contract ε_a for entries in [−B, B] and |s| ≤ 1/d."""
+
+    def __init__(self, eps: float = 1e-6, bound: float = 1.0):
+        from ..accelerated import tensor_attention as impl
+
+        self._impl = impl
+        self.eps = float(eps)
+        self.bound = float(bound)
+        self.capabilities = {"problems": {PROBLEM}, "dtypes": {"float64"}, "devices": {"cpu"},
+                             "contract_eps": self.eps, "bound": self.bound, "deterministic": True}
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        return self._impl.polynomial_tensor_attention(q, keys, values, scale=scale, bound=self.bound, eps=self.eps)
+
+
+class TorchEinsumTensorBackend:
+    """Third-party reference point: logits by one ``torch.einsum`` over all key tuples, torch.softmax
+    over the flattened tuples, values contracted by a second einsum (O(n^k) memory: small n only)."""
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        self._torch = torch
+        self._device = device
+        self.version = torch.__version__
+        self.capabilities = {"problems": {PROBLEM}, "dtypes": {"float64", "float32"}, "devices": {device}, "max_n": 128}
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        torch = self._torch
+        letters = "abcefgh"[:len(keys)]  # never i (queries), t (features) or l (values)
+        as_t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(self._device)  # noqa: E731
+        tq, tk, tv = as_t(q), [as_t(x) for x in keys], [as_t(x) for x in values]
+        logits = torch.einsum(",".join(["it"] + [f"{c}t" for c in letters]) + "->i" + letters, tq, *tk) * float(scale)
+        n = tq.shape[0]
+        p = torch.softmax(logits.reshape(n, -1), dim=1).reshape(logits.shape)
+        out = torch.einsum(",".join(["i" + letters] + [f"{c}l" for c in letters]) + "->il", p, *tv)
+        return out.cpu().numpy()
+
+
+def reference_tensor_backend() -> TensorReferenceBackend:
+    return TensorReferenceBackend()
+
+
+def numpy_tensor_backend() -> TensorNumpyBackend:
+    return TensorNumpyBackend()
+
+
+def polynomial_tensor_backend(eps: float = 1e-6, bound: float = 1.0) -> TensorPolynomialBackend:
+    return TensorPolynomialBackend(eps, bound)
+
+
+def torch_tensor_backend() -> TorchEinsumTensorBackend:
+    return TorchEinsumTensorBackend("cpu")
