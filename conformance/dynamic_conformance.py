@@ -1,0 +1,388 @@
+"""Conformance for dynamic attention (ODAMV / OAMV): traces, tolerances, verdicts per query, stateful tests.
+
+Backend protocol (capability problem name ``"dynamic_attention"``): a factory ``backend(normalised=...)``
+returning a fresh structure with ``init(q, k, v, scale)``, ``update_k(i, j, δ)``, ``update_v(i, j, δ)``
+and ``query(i, j) -> float``. Arrays handed to ``init`` are float64 numpy arrays; δ are Python floats.
+Optional structure attributes the stateful tests use: ``rebuild_period`` (b) and ``pending_updates``.
+
+Every Query is judged by the certified engine :func:`attnspec.conformance.verdict.judge` as a 1×1 output
+against the exact reference (:mod:`attnspec.reference.dynamic_attention`), with the float64 precision
+model :func:`dynamic_tolerance` (derived in docs/dynamic-attention.md). Traces whose tolerance would be
+vacuous (≥ ‖V‖ for ODAMV, i.e. any convex combination would pass) report ``not_applicable``.
+
+Failing traces are saved as exact JSON (:class:`attnspec.spec.dynamic_attention.Trace`) and replayed by
+:func:`replay_trace`. :func:`dynamic_state_machine` builds a hypothesis ``RuleBasedStateMachine`` that
+drives any backend through random traces.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..reference.dynamic_attention import DynamicReference
+from ..spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
+from ..spec.validation import SpecError, to_float64
+from .verdict import ERROR, PASS, Verdict, judge
+
+U64 = 2.0**-53
+NOT_APPLICABLE = "not_applicable"
+FAILURE_DIR_ENV = "ATTNSPEC_DYNAMIC_FAILURES"
+
+
+def make_structure(backend: Any, normalised: bool) -> Any:
+    """A fresh structure from ``backend`` (a factory taking ``normalised=``, or a zero-argument one)."""
+    try:
+        s = backend(normalised=normalised)
+    except TypeError:
+        s = backend()
+    for name in ("init", "update_k", "update_v", "query"):
+        if not callable(getattr(s, name, None)):
+            raise SpecError(f"dynamic-attention backend lacks a callable {name!r}")
+    declared = getattr(s, "normalised", normalised)
+    if bool(declared) != bool(normalised):
+        raise SpecError(f"backend built a {VARIANTS[bool(declared)]} structure when {VARIANTS[normalised]} was asked")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# Precision model
+
+
+@dataclass
+class History:
+    """Magnitudes over every state reached since Init (float64, padded outward): the inputs of the
+    precision model. ``logit_lo/hi`` bound every logit s⟨q_r, k_l⟩ ever present."""
+
+    n: int = 0
+    d: int = 0
+    scale: float = 1.0
+    q_l1: float = 0.0
+    k_max: float = 0.0
+    v_max: float = 0.0
+    logit_lo: float = math.inf
+    logit_hi: float = -math.inf
+    updates_k: int = 0
+    updates_v: int = 0
+    _q: np.ndarray | None = field(default=None, repr=False)
+
+    def _logit_pad(self) -> float:
+        # float64 evaluation error of s·Q k (γ_{d+1}·|s|·‖q‖₁·max|k|) plus a relative margin
+        return 2 * (self.d + 2) * U64 * abs(self.scale) * self.q_l1 * self.k_max + 1e-300
+
+    def _see_logits(self, logits: np.ndarray) -> None:
+        pad = self._logit_pad()
+        self.logit_lo = min(self.logit_lo, float(logits.min()) - pad)
+        self.logit_hi = max(self.logit_hi, float(logits.max()) + pad)
+
+    def start(self, state) -> None:
+        q, k, v = (to_float64(x) for x in (state.q, state.k, state.v))
+        self._q = q
+        self.n, self.d, self.scale = k.shape[0], k.shape[1], float(state.scale)
+        self.q_l1 = float(np.abs(q).sum(axis=1).max())
+        self.k_max = float(np.abs(k).max())
+        self.v_max = float(np.abs(v).max())
+        self._see_logits(self.scale * (q @ k.T))
+
+    def see(self, op: Op, state) -> None:
+        if isinstance(op, UpdateK):
+            self.updates_k += 1
+            row = np.array([float(x) for x in state.k[op.i]])
+            self.k_max = max(self.k_max, float(np.abs(row).max()))
+            self._see_logits(self.scale * (self._q @ row))
+        elif isinstance(op, UpdateV):
+            self.updates_v += 1
+            self.v_max = max(self.v_max, abs(float(state.v[op.i, op.j])))
+
+
+def dynamic_tolerance(h: History, normalised: bool) -> float:
+    """Float64 forward-error tolerance for one query (docs/dynamic-attention.md, "Tolerance").
+
+    With U = U_K + U_V updates since Init, T = n + 3U + 2 terms at most in any maintained sum,
+        Δℓ  = |s|·‖q‖₁·K̄·(d + 2 + 2U_K)·u                  (logit error, K rounding included)
+        ε_w = (1 + 4u)·e^{Δℓ} − 1 + 2u·(U + 1)             (weight error, rescalings included)
+        η   = (γ_T + ε_w + (U_V + 1)·u)·(T/n)·e^{ℓ_hi − ℓ_lo}
+    ODAMV: τ = 2ηV̄/(1 − η) + 2uV̄  (∞ when η ≥ 1/2);   OAMV: τ = (η·n + (|ℓ|max + 4)·n·u)·e^{ℓ_hi}·V̄.
+    The result is doubled for the float evaluation of this formula itself.
+    """
+    u = U64
+    big_u = h.updates_k + h.updates_v
+    t = h.n + 3 * big_u + 2
+    gamma_t = t * u / (1 - t * u)
+    dl = abs(h.scale) * h.q_l1 * h.k_max * (h.d + 2 + 2 * h.updates_k) * u
+    eps_w = (1 + 4 * u) * math.exp(dl) - 1 + 2 * u * (big_u + 1)
+    span = h.logit_hi - h.logit_lo
+    if span > 700:
+        return math.inf
+    eta = (gamma_t + eps_w + (h.updates_v + 1) * u) * (t / h.n) * math.exp(span)
+    vbar = h.v_max
+    if normalised:
+        if eta >= 0.5:
+            return math.inf
+        tol = 2 * eta * vbar / (1 - eta) + 2 * u * vbar
+    else:
+        if h.logit_hi > 700:
+            return math.inf
+        lmax = max(abs(h.logit_hi), abs(h.logit_lo))
+        tol = (eta * h.n + (lmax + 4) * h.n * u) * math.exp(h.logit_hi) * vbar
+    return 2 * tol
+
+
+def vacuous(tol: float, h: History, normalised: bool) -> bool:
+    """True when the tolerance cannot tell answers apart (any value of the right size would pass)."""
+    if not math.isfinite(tol):
+        return True
+    if normalised:
+        return h.v_max > 0 and tol >= h.v_max
+    return h.v_max > 0 and tol >= h.n * math.exp(h.logit_hi) * h.v_max  # ≥ the largest possible |AV|
+
+
+# ---------------------------------------------------------------------------------------------
+# Driving a backend through a trace
+
+
+@dataclass
+class QueryVerdict:
+    """The verdict on one Query of a trace (``index`` is its position in the trace)."""
+
+    index: int
+    op: Op
+    output: Any
+    verdict: Verdict
+
+    @property
+    def status(self) -> str:
+        return self.verdict.status
+
+
+class DynamicChecker:
+    """Feeds operations to a backend structure and to the exact reference side by side, and judges every
+    query. ``apply`` validates the operation first (bad operations raise :class:`SpecError`, the backend
+    never sees them). A backend exception ends the trace with an ``error`` verdict."""
+
+    def __init__(self, backend: Any, normalised: bool = True, *, start_prec: int = 128, max_prec: int = 1024,
+                 name: str | None = None):
+        self.backend = backend
+        self.normalised = bool(normalised)
+        self.name = name or getattr(backend, "__name__", type(backend).__name__)
+        self.structure = make_structure(backend, self.normalised)
+        self.reference = DynamicReference(self.normalised)
+        self.history = History()
+        self.trace = Trace(normalised=self.normalised, meta={"backend": self.name})
+        self.verdicts: list[QueryVerdict] = []
+        self.broken: Verdict | None = None
+        self.start_prec, self.max_prec = start_prec, max_prec
+
+    def apply(self, op: Op) -> QueryVerdict | None:
+        enclose = self.reference.apply(op)  # validates; raises SpecError on a bad op
+        self.trace.ops.append(op)
+        state = self.reference.state
+        if isinstance(op, Init):
+            self.history.start(state)
+        else:
+            self.history.see(op, state)
+        if self.broken is not None:
+            return None
+        try:
+            if isinstance(op, Init):
+                self.structure.init(to_float64(np.asarray(op.q)), to_float64(np.asarray(op.k)),
+                                    to_float64(np.asarray(op.v)), float(op.scale))
+                return None
+            if isinstance(op, UpdateK):
+                self.structure.update_k(op.i, op.j, float(op.delta))
+                return None
+            if isinstance(op, UpdateV):
+                self.structure.update_v(op.i, op.j, float(op.delta))
+                return None
+            output = self.structure.query(op.i, op.j)
+        except Exception as exc:  # untrusted code: any exception fails the trace
+            self.broken = Verdict(ERROR, f"backend raised {type(exc).__name__}: {exc}", {"kind": "exception"})
+            qv = QueryVerdict(len(self.trace.ops) - 1, op, None, self.broken)
+            self.verdicts.append(qv)
+            return qv
+        tol = dynamic_tolerance(self.history, self.normalised)
+        if vacuous(tol, self.history, self.normalised):
+            verdict = Verdict(NOT_APPLICABLE, f"precision-model tolerance {tol:.3g} is vacuous for this trace",
+                              {"tolerance": tol})
+        else:
+            verdict = judge(np.array([[output]]) if _is_number(output) else output, enclose, tol,
+                            start_prec=self.start_prec, max_prec=self.max_prec, shape=(1, 1))
+            verdict.evidence.update(query=[op.i, op.j], op_index=len(self.trace.ops) - 1,
+                                    logit_range=[self.history.logit_lo, self.history.logit_hi],
+                                    v_max=self.history.v_max, updates=self.history.updates_k + self.history.updates_v)
+        qv = QueryVerdict(len(self.trace.ops) - 1, op, output, verdict)
+        self.verdicts.append(qv)
+        return qv
+
+    @property
+    def failures(self) -> list[QueryVerdict]:
+        return [v for v in self.verdicts if v.status not in (PASS, NOT_APPLICABLE)]
+
+    def save(self, path: str | Path) -> Path:
+        return self.trace.save(path)
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float, np.floating, np.integer)) and not isinstance(x, bool)
+
+
+@dataclass
+class TraceResult:
+    """All query verdicts of one trace run."""
+
+    verdicts: list[QueryVerdict]
+
+    @property
+    def passed(self) -> bool:
+        return all(v.status in (PASS, NOT_APPLICABLE) for v in self.verdicts)
+
+    @property
+    def failures(self) -> list[QueryVerdict]:
+        return [v for v in self.verdicts if v.status not in (PASS, NOT_APPLICABLE)]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for v in self.verdicts:
+            out[v.status] = out.get(v.status, 0) + 1
+        return out
+
+
+def run_trace(trace: Trace, backend: Any, **kwargs) -> TraceResult:
+    """Drive ``backend`` through ``trace`` and judge every query."""
+    checker = DynamicChecker(backend, trace.normalised, **kwargs)
+    for op in trace.ops:
+        checker.apply(op)
+    return TraceResult(checker.verdicts)
+
+
+def replay_trace(path: str | Path, backend: Any, **kwargs) -> TraceResult:
+    """Load a saved trace (exact JSON) and run it against ``backend``."""
+    return run_trace(Trace.load(path), backend, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Hypothesis stateful testing
+
+
+def dynamic_state_machine(backend: Any, normalised: bool = True, *, max_n: int = 6, max_d: int = 4,
+                          max_dv: int = 3, save_dir: str | Path | None = None, name: str | None = None):
+    """A ``RuleBasedStateMachine`` class driving ``backend`` through random traces.
+
+    Rules: single K and V updates, bursts of updates to one entry, δ followed by −δ, a K update and a
+    V update on the same key row (the ΔA·ΔV cross term), runs of updates exactly up to and one past the
+    rebuild boundary (``rebuild_period``/``pending_updates`` when the structure exposes them), and
+    queries between all of them. Every query must pass; a failing trace is saved (exact JSON) to
+    ``save_dir`` (default ``$ATTNSPEC_DYNAMIC_FAILURES`` when set) before the assertion is raised.
+    """
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+    from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
+
+    save_dir = save_dir if save_dir is not None else os.environ.get(FAILURE_DIR_ENV)
+    label = name or getattr(backend, "__name__", type(backend).__name__)
+    grid = [x / 8 for x in range(-8, 9)]
+    entry = st.one_of(st.sampled_from(grid), st.floats(-1, 1, allow_nan=False, allow_subnormal=False, width=64))
+    deltas = st.one_of(st.sampled_from([0.5, -0.5, 0.25, -0.125, 0.1, -0.1, 1e-3, 2.0**-30, -0.3]),
+                       st.floats(-0.5, 0.5, allow_nan=False, allow_subnormal=False))
+    scales = st.sampled_from([1.0, 0.5, 0.25, 0.1, 1 / 3])
+
+    class DynamicMachine(RuleBasedStateMachine):
+        def __init__(self):
+            super().__init__()
+            self.checker = DynamicChecker(backend, normalised, name=label)
+
+        def _do(self, op: Op) -> None:
+            qv = self.checker.apply(op)
+            if qv is not None and qv.status not in (PASS, NOT_APPLICABLE):
+                path = None
+                if save_dir is not None:
+                    path = self.checker.save(Path(save_dir) / f"{_slug(label)}-{VARIANTS[normalised]}.json")
+                raise AssertionError(f"{label} ({VARIANTS[normalised]}) {qv.status} at op #{qv.index} "
+                                     f"{qv.op}: {qv.verdict.message}; evidence {qv.verdict.evidence}"
+                                     + (f"; trace saved to {path}" if path else ""))
+
+        @initialize(data=st.data())
+        def init(self, data):
+            m = data.draw(st.integers(1, max_n), label="m")
+            n = data.draw(st.integers(1, max_n), label="n")
+            d = data.draw(st.integers(1, max_d), label="d")
+            dv = data.draw(st.integers(1, max_dv), label="dv")
+            q = data.draw(hnp.arrays(np.float64, (m, d), elements=entry), label="Q")
+            k = data.draw(hnp.arrays(np.float64, (n, d), elements=entry), label="K")
+            v = data.draw(hnp.arrays(np.float64, (n, dv), elements=entry), label="V")
+            self.shape = (m, n, d, dv)
+            self._do(Init(q, k, v, data.draw(scales, label="scale")))
+
+        def _key(self, data):
+            return data.draw(st.integers(0, self.shape[1] - 1), label="key row")
+
+        def _query_any(self, data):
+            m, _, _, dv = self.shape
+            self._do(Query(data.draw(st.integers(0, m - 1)), data.draw(st.integers(0, dv - 1))))
+
+        @rule(data=st.data(), delta=deltas)
+        def update_k(self, data, delta):
+            self._do(UpdateK(self._key(data), data.draw(st.integers(0, self.shape[2] - 1)), delta))
+
+        @rule(data=st.data(), delta=deltas)
+        def update_v(self, data, delta):
+            self._do(UpdateV(self._key(data), data.draw(st.integers(0, self.shape[3] - 1)), delta))
+
+        @rule(data=st.data())
+        def query(self, data):
+            self._query_any(data)
+
+        @rule(data=st.data(), which=st.sampled_from("KV"), ds=st.lists(deltas, min_size=2, max_size=8))
+        def burst_same_entry(self, data, which, ds):
+            i = self._key(data)
+            j = data.draw(st.integers(0, self.shape[2 if which == "K" else 3] - 1))
+            for delta in ds:
+                self._do((UpdateK if which == "K" else UpdateV)(i, j, delta))
+            self._query_any(data)
+
+        @rule(data=st.data(), delta=deltas)
+        def delta_then_minus(self, data, delta):
+            i, j = self._key(data), data.draw(st.integers(0, self.shape[2] - 1))
+            self._do(UpdateK(i, j, delta))
+            self._query_any(data)
+            self._do(UpdateK(i, j, -delta))
+            self._query_any(data)
+
+        @rule(data=st.data(), dk=deltas, dv_=deltas)
+        def k_and_v_same_row(self, data, dk, dv_):
+            i = self._key(data)
+            self._do(UpdateK(i, data.draw(st.integers(0, self.shape[2] - 1)), dk))
+            self._do(UpdateV(i, data.draw(st.integers(0, self.shape[3] - 1)), dv_))
+            for _ in range(2):
+                self._query_any(data)
+
+        @rule(data=st.data(), delta=deltas)
+        def to_rebuild_boundary(self, data, delta):
+            s = self.checker.structure
+            b = getattr(s, "rebuild_period", None)
+            pending = getattr(s, "pending_updates", None)
+            steps = (b - pending) if (isinstance(b, int) and isinstance(pending, int)) else data.draw(st.integers(1, 6))
+            for t in range(max(steps, 1) + 1):  # up to the boundary, then one past it
+                i = self._key(data)
+                if data.draw(st.booleans()):
+                    self._do(UpdateK(i, data.draw(st.integers(0, self.shape[2] - 1)), delta))
+                else:
+                    self._do(UpdateV(i, data.draw(st.integers(0, self.shape[3] - 1)), delta))
+                if t >= max(steps, 1) - 1:
+                    self._query_any(data)
+
+    DynamicMachine.__name__ = f"DynamicMachine_{_slug(label)}_{VARIANTS[normalised]}"
+    return DynamicMachine
+
+
+def _slug(s: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)[:80]
+
+
+__all__ = ["PROBLEM", "make_structure", "History", "dynamic_tolerance", "DynamicChecker", "QueryVerdict",
+           "TraceResult", "run_trace", "replay_trace", "dynamic_state_machine", "NOT_APPLICABLE"]
