@@ -33,11 +33,13 @@ BUILTIN_BACKENDS = {
     "numpy": "attnspec.conformance.builtin_backends:numpy_backend",
     "cupy": "attnspec.conformance.builtin_backends:cupy_backend",
     "torch": "attnspec.conformance.builtin_backends:torch_backend",
+    "poly": "attnspec.conformance.builtin_backends:poly_backend",
 }
 
 PROBLEM_METHODS = {
     "softmax_attention": "attention",
     "tensor_attention": "tensor_attention",
+    "dynamic_attention": "dynamic_attention",  # a factory: dynamic_attention(normalised=...) -> structure
 }
 
 
@@ -53,9 +55,13 @@ class Capabilities:
     ``dtypes``       input dtypes it accepts ("float64", "float32", …);
     ``devices``      where it computes ("cpu", "cuda");
     ``max_n``        largest sequence length it accepts (None: any);
+    ``max_d``        largest head dimension d it accepts (None: any; the polynomial method's rank
+                     binom(d+g, g) limits it to small d);
     ``precision``    per dtype, the :class:`PrecisionModel` its error is judged by;
     ``contract_eps`` for approximation algorithms: the additive ε_a it claims (contract tolerance);
     ``bound``        the entry bound B under which ``contract_eps`` is claimed;
+    ``max_logit_radius`` the largest logit radius R = |s|·d·B^k (k = 2 for softmax attention) for which
+                     ``contract_eps`` is claimed (None: B^k, i.e. the papers' normalisation |s| ≤ 1/d);
     ``deterministic`` whether repeated calls on the same input return identical bits.
     """
 
@@ -63,9 +69,11 @@ class Capabilities:
     dtypes: set[str] = field(default_factory=lambda: {"float64"})
     devices: set[str] = field(default_factory=lambda: {"cpu"})
     max_n: int | None = None
+    max_d: int | None = None
     precision: dict[str, PrecisionModel] = field(default_factory=dict)
     contract_eps: float | None = None
     bound: float | None = None
+    max_logit_radius: float | None = None
     deterministic: bool = False
 
     def precision_for(self, dtype: str) -> PrecisionModel:
@@ -103,7 +111,7 @@ def read_capabilities(backend: Any) -> Capabilities:
         caps.dtypes = {str(x) for x in declared["dtypes"]}
     if "devices" in declared:
         caps.devices = {str(x) for x in declared["devices"]}
-    for key in ("max_n", "contract_eps", "bound", "deterministic"):
+    for key in ("max_n", "max_d", "contract_eps", "bound", "max_logit_radius", "deterministic"):
         if key in declared:
             setattr(caps, key, declared[key])
     for dtype, model in dict(declared.get("precision", {})).items():

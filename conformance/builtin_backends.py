@@ -1,7 +1,9 @@
-"""Backends shipped with attnspec: ``reference``, ``numpy``, ``cupy``, ``torch``.
+"""Backends shipped with attnspec: ``reference``, ``numpy``, ``cupy``, ``torch``, ``poly``.
 
-Each factory returns an object with ``attention(q, k, v, *, scale)`` and a ``capabilities`` dict. Heavy
-libraries are imported by the factory, so listing backends never requires them.
+Each factory returns an object with one method per problem it declares (``attention`` for softmax
+attention, ``tensor_attention`` for k-th order tensor attention, ``dynamic_attention(normalised=…)`` for
+the ODAMV/OAMV structure) and a ``capabilities`` dict. Heavy libraries are imported by the factory, so
+listing backends never requires them.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import numpy as np
 
 from .precision_model import PrecisionModel
 
+SOFTMAX, TENSOR, DYNAMIC = "softmax_attention", "tensor_attention", "dynamic_attention"
+
 
 class ReferenceBackend:
-    """The certified reference, rounded once to float64 (its enclosure midpoint at 128 bits)."""
+    """The certified references, rounded once to float64 (enclosure midpoints at 128 bits)."""
 
     capabilities = {
-        "problems": {"softmax_attention"},
+        "problems": {SOFTMAX, TENSOR, DYNAMIC},
         "dtypes": {"float64", "float32"},
         "devices": {"cpu"},
         "max_n": 2048,
@@ -32,14 +36,47 @@ class ReferenceBackend:
         from ..reference.softmax_attention import enclose
         from ..spec.softmax_attention import make_instance
 
-        inst = make_instance(q, k, v, scale=scale)
-        return enclose(inst, 128).mid()
+        return enclose(make_instance(q, k, v, scale=scale), 128).mid()
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        from ..reference.tensor_attention import enclose
+        from ..spec.tensor_attention import make_instance
+
+        return enclose(make_instance(q, keys, values, scale=scale), 128).mid()
+
+    def dynamic_attention(self, normalised: bool = True) -> "ReferenceDynamicStructure":
+        return ReferenceDynamicStructure(normalised)
+
+
+class ReferenceDynamicStructure:
+    """The exact ODAMV/OAMV state machine; Query answers the 128-bit enclosure's midpoint."""
+
+    def __init__(self, normalised: bool = True):
+        from ..reference.dynamic_attention import DynamicReference
+        from ..spec.dynamic_attention import Init, Query, UpdateK, UpdateV
+
+        self.normalised = bool(normalised)
+        self._ref = DynamicReference(self.normalised)
+        self._ops = (Init, UpdateK, UpdateV, Query)
+
+    def init(self, q, k, v, scale=1.0):
+        self._ref.apply(self._ops[0](np.asarray(q), np.asarray(k), np.asarray(v), scale))
+
+    def update_k(self, i, j, delta):
+        self._ref.apply(self._ops[1](i, j, delta))
+
+    def update_v(self, i, j, delta):
+        self._ref.apply(self._ops[2](i, j, delta))
+
+    def query(self, i, j) -> float:
+        return float(self._ref.apply(self._ops[3](i, j))(128).mid()[0, 0])
 
 
 class AcceleratedBackend:
-    """attnspec's own blocked online-softmax attention on an array library (numpy or CuPy)."""
+    """attnspec's own implementations on an array library (numpy or CuPy): blocked online-softmax
+    attention, blocked tensor attention, and the lazy-update dynamic structure (τ = 1/2)."""
 
-    def __init__(self, device: str = "cpu", block_size: int | None = None):
+    def __init__(self, device: str = "cpu", block_size: int | None = None, tensor_block: int | None = 61):
         from ..accelerated import softmax_attention as impl
         from ..accelerated.array_namespace import namespace_for
 
@@ -47,20 +84,106 @@ class AcceleratedBackend:
         self._xp = namespace_for(device)
         self._device = device
         self._block_size = block_size
+        self._tensor_block = tensor_block  # prime: the small conformance cases still span several blocks
         self.capabilities = {
-            "problems": {"softmax_attention"},
+            "problems": {SOFTMAX, TENSOR, DYNAMIC},
             "dtypes": {"float64", "float32"},
             "devices": {device},
             "deterministic": True,
         }
 
+    def _to_device(self, x):
+        return self._xp.asarray(x)
+
+    def _to_host(self, out) -> np.ndarray:
+        return np.asarray(out.get() if self._xp is not np else out)
+
     def attention(self, q, k, v, *, scale):
-        xp = self._xp
-        args = [xp.asarray(x) for x in (q, k, v)]
-        out = self._impl.softmax_attention(*args, scale=scale, block_size=self._block_size)
-        if xp is not np:
-            out = out.get()
-        return np.asarray(out)
+        args = [self._to_device(x) for x in (q, k, v)]
+        return self._to_host(self._impl.softmax_attention(*args, scale=scale, block_size=self._block_size))
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        from ..accelerated.tensor_attention import tensor_attention
+
+        out = tensor_attention(self._to_device(q), [self._to_device(x) for x in keys], [self._to_device(x) for x in values],
+                               scale=scale, block_size=self._tensor_block)
+        return self._to_host(out)
+
+    def dynamic_attention(self, normalised: bool = True) -> Any:
+        from ..accelerated.dynamic_attention import LazyDynamicAttention
+
+        structure = LazyDynamicAttention(normalised=normalised, tau=0.5)
+        if self._xp is not np:  # the suite hands numpy arrays; the structure computes on the device
+            plain_init = structure.init
+            structure.init = lambda q, k, v, scale=1.0: plain_init(*(self._to_device(x) for x in (q, k, v)), scale)
+        return structure
+
+
+class PolynomialBackend:
+    """The Alman–Song polynomial method for softmax and tensor attention, judged by its contract: every
+    output entry within ``eps`` (ε_a) of the exact one when all entries lie in [−``bound``, ``bound``]."""
+
+    def __init__(self, eps: float = 1e-6, bound: float = 1.0):
+        from ..accelerated.polynomial_attention import PolynomialAttentionBackend
+
+        self._softmax = PolynomialAttentionBackend(eps=eps, bound=bound)
+        self.eps, self.bound = float(eps), float(bound)
+        self.capabilities = {
+            "problems": {SOFTMAX, TENSOR},
+            "dtypes": {"float64"},
+            "devices": {"cpu"},
+            "contract_eps": self.eps,
+            "bound": self.bound,
+            "max_d": 6,  # rank binom(d+g, g) grows like d^g: the method is for small d (d = O(log n))
+            "deterministic": True,
+        }
+
+    def attention(self, q, k, v, *, scale):
+        return self._softmax.attention(q, k, v, scale=scale)
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        from ..accelerated.tensor_attention import polynomial_tensor_attention
+
+        return polynomial_tensor_attention(q, keys, values, scale=scale, bound=self.bound, eps=self.eps)
+
+
+class TorchBackend:
+    """Adapters to PyTorch: ``scaled_dot_product_attention`` with its ``scale=`` argument for softmax
+    attention; for tensor attention, logits by one ``torch.einsum`` over all key tuples, ``torch.softmax``
+    over the flattened tuples and a second einsum with the values (O(n^k) memory: ``max_n`` 128)."""
+
+    def __init__(self, device: str = "cpu"):
+        import torch
+
+        self._torch = torch
+        self._device = device
+        self.version = torch.__version__
+        self.capabilities = {
+            "problems": {SOFTMAX, TENSOR},
+            "dtypes": {"float64", "float32"},
+            "devices": {device},
+        }
+
+    def _t(self, x):
+        return self._torch.from_numpy(np.ascontiguousarray(x)).to(self._device)
+
+    def attention(self, q, k, v, *, scale):
+        tq, tk, tv = (self._t(x)[None, None] for x in (q, k, v))
+        # Passed as-is: the adapter must not paper over torch's own behaviour (scale=0 included).
+        out = self._torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=float(scale))
+        return out[0, 0].cpu().numpy()
+
+    def tensor_attention(self, q, keys, values, *, scale):
+        torch = self._torch
+        if q.shape[0] > 128:
+            raise ValueError("the einsum tensor adapter holds all n^(k-1) logits: n ≤ 128")
+        letters = "abcefgh"[:len(keys)]  # never i (queries), t (features) or l (values)
+        tq, tk, tv = self._t(q), [self._t(x) for x in keys], [self._t(x) for x in values]
+        logits = torch.einsum(",".join(["it"] + [f"{c}t" for c in letters]) + "->i" + letters, tq, *tk) * float(scale)
+        n = tq.shape[0]
+        p = torch.softmax(logits.reshape(n, -1), dim=1).reshape(logits.shape)
+        out = torch.einsum(",".join(["i" + letters] + [f"{c}l" for c in letters]) + "->il", p, *tv)
+        return out.cpu().numpy()
 
 
 def reference_backend() -> ReferenceBackend:
@@ -76,28 +199,10 @@ def cupy_backend() -> AcceleratedBackend:
     return AcceleratedBackend("cuda")
 
 
-class TorchSDPABackend:
-    """Adapter to ``torch.nn.functional.scaled_dot_product_attention`` with its ``scale=`` argument."""
-
-    def __init__(self, device: str = "cpu"):
-        import torch
-
-        self._torch = torch
-        self._device = device
-        self.version = torch.__version__
-        self.capabilities = {
-            "problems": {"softmax_attention"},
-            "dtypes": {"float64", "float32"},
-            "devices": {device},
-        }
-
-    def attention(self, q, k, v, *, scale):
-        torch = self._torch
-        tq, tk, tv = (torch.from_numpy(np.ascontiguousarray(x)).to(self._device)[None, None] for x in (q, k, v))
-        # Passed as-is: the adapter must not paper over torch's own behaviour (scale=0 included).
-        out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=float(scale))
-        return out[0, 0].cpu().numpy()
+def torch_backend() -> TorchBackend:
+    return TorchBackend("cpu")
 
 
-def torch_backend() -> Any:
-    return TorchSDPABackend("cpu")
+def poly_backend() -> PolynomialBackend:
+    """The polynomial method with ε_a = 1e-6 for entries bounded by B = 1."""
+    return PolynomialBackend()

@@ -14,8 +14,14 @@ import sys
 # (command modules registered at top level, bench modules registered under `attnspec bench`)
 COMMAND_MODULES = [
     "attnspec.conformance.cli_conform",
+    "attnspec.conformance.cli_audit",
 ]
-BENCH_MODULES: list[str] = []
+BENCH_MODULES: list[str] = [
+    "attnspec.bench.softmax_attention",
+    "attnspec.bench.polynomial_attention",
+    "attnspec.bench.tensor_attention",
+    "attnspec.bench.dynamic_attention",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,6 +11,8 @@ catches exceptions but cannot stop a hang; its timeout is reported only after th
 
 from __future__ import annotations
 
+import functools
+import importlib
 import io
 import json
 import multiprocessing as mp
@@ -80,6 +82,22 @@ def decode_payload(data: bytes) -> Any:
     return walk(header)
 
 
+DRIVER_PREFIX = "driver:"
+
+
+def resolve_method(backend: Any, method: str) -> Any:
+    """The callable a request names: a backend method, or ``driver:attnspec.<module>:<function>``, one of
+    attnspec's own drivers called as ``function(backend, *args)`` (a stateful problem, such as a
+    dynamic-attention trace, runs whole inside the worker). Only attnspec's modules may be named."""
+    if not method.startswith(DRIVER_PREFIX):
+        return getattr(backend, method)
+    module_name, _, attr = method[len(DRIVER_PREFIX):].partition(":")
+    if not module_name.startswith("attnspec.") or not attr:
+        raise ValueError(f"driver {method!r} is not one of attnspec's")
+    function = getattr(importlib.import_module(module_name), attr)
+    return functools.partial(function, backend)
+
+
 def _worker_main(conn, spec: str) -> None:
     try:
         backend = load_backend(spec)
@@ -94,8 +112,7 @@ def _worker_main(conn, spec: str) -> None:
             return
         t0 = time.perf_counter()
         try:
-            method = getattr(backend, request["method"])
-            output = method(*request["args"], **request["kwargs"])
+            output = resolve_method(backend, request["method"])(*request["args"], **request["kwargs"])
             if not isinstance(output, (int, float)):
                 output = _to_numpy(output)
             reply = {"ok": True, "output": output, "seconds": time.perf_counter() - t0}
@@ -222,7 +239,7 @@ class InProcessRunner:
             return CallResult(False, error_kind="load", error=self.load_error or "no backend")
         t0 = time.perf_counter()
         try:
-            out = getattr(self.backend, method)(*args, **kwargs)
+            out = resolve_method(self.backend, method)(*args, **kwargs)
             if not isinstance(out, (int, float)):
                 out = _to_numpy(out)
         except Exception as exc:

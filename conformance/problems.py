@@ -13,6 +13,8 @@ from types import ModuleType
 
 PROBLEM_MODULES = {
     "softmax_attention": "attnspec.conformance.softmax_attention",
+    "tensor_attention": "attnspec.conformance.tensor_attention",
+    "dynamic_attention": "attnspec.conformance.dynamic_attention",
 }
 
 

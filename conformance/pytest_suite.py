@@ -11,12 +11,17 @@ from attnspec.conformance.problems import PROBLEM_MODULES, problem_module
 from attnspec.conformance.runner import NOT_APPLICABLE, judge_one
 
 
+_RUNNER = pytest.StashKey()
+
+
 def _runner(config):
-    spec = config.getoption("--attnspec-backend")
-    timeout = config.getoption("--attnspec-timeout")
-    if config.getoption("--attnspec-isolation") == "process":
-        return ProcessRunner(spec, timeout=timeout)
-    return InProcessRunner(spec, timeout=timeout)
+    """The session's backend runner, made once (collection needs its declared problems)."""
+    if _RUNNER not in config.stash:
+        spec = config.getoption("--attnspec-backend")
+        timeout = config.getoption("--attnspec-timeout")
+        isolated = config.getoption("--attnspec-isolation") == "process"
+        config.stash[_RUNNER] = ProcessRunner(spec, timeout=timeout) if isolated else InProcessRunner(spec, timeout=timeout)
+    return config.stash[_RUNNER]
 
 
 @pytest.fixture(scope="session")
@@ -33,9 +38,14 @@ def pytest_generate_tests(metafunc):
         return
     config = metafunc.config
     dtypes = tuple(config.getoption("--attnspec-dtype") or ("float64", "float32"))
+    runner = _runner(config)
+    # Only the problems the backend declares (all of them when it cannot be loaded: the fixture then
+    # reports the load error on every item rather than collecting nothing).
+    declared = runner.capabilities.problems if runner.capabilities is not None else set(PROBLEM_MODULES)
     cases = []
     for name in PROBLEM_MODULES:
-        cases.extend(problem_module(name).generate_cases(config.getoption("--attnspec-profile"), dtypes, 0))
+        if name in declared:
+            cases.extend(problem_module(name).generate_cases(config.getoption("--attnspec-profile"), dtypes, 0))
     metafunc.parametrize("attnspec_case", cases, ids=[c.case_id for c in cases])
 
 

@@ -3,6 +3,7 @@
 Cases come from named *families*, each a deterministic recipe over a seeded numpy generator, so the
 quick profile is the same list on every machine and every hypothesis version:
 
+``bounded``         the Alman–Song regime: d ≤ 6, entries in [−B, B] with B ≤ 1, s = 1/d;
 ``uniform``         entries uniform in [−B, B] for several B, random shapes;
 ``degenerate``      n = 1, d = 1, scale = 0, identical key rows, constant value rows, zero queries;
 ``large_logits``    rows whose logits reach ±1000 (the answer is still an ordinary convex combination);
@@ -13,7 +14,7 @@ quick profile is the same list on every machine and every hypothesis version:
 ``hypothesis``      extra instances drawn by the public hypothesis strategies, derandomized.
 
 Tolerance: the contract ε_a when the backend claims one (approximation algorithms, within their declared
-bound B), otherwise the precision model of the backend's declared arithmetic for the case's dtype.
+bound B, head dimension ``max_d`` and logit radius ``max_logit_radius``), otherwise the precision model of the backend's declared arithmetic for the case's dtype.
 """
 
 from __future__ import annotations
@@ -135,7 +136,22 @@ def family_scale_kinds(rng, count, big):
         yield q, k, v, standard_scale(d, "1/d" if i % 2 else "1/sqrt(d)"), 3.0
 
 
+def family_bounded(rng, count, big):
+    """The Alman–Song regime: small d, entries in [−B, B] with B ≤ 1, s = 1/d (so |logit| ≤ B²): the
+    cases an approximation backend's contract (ε_a, B) covers; some rows pushed to the corners ±B."""
+    bounds = (1.0, 0.5, 0.25)
+    for i in range(count):
+        n = int(rng.integers(1, 400 if big else 160))
+        d = int(rng.integers(1, 7))
+        b = bounds[i % len(bounds)]
+        q, k, v = _uniform(rng, n, d, b)
+        corners = rng.random(n) < 0.25
+        q[corners] = np.sign(q[corners]) * b
+        yield q, k, v, Fraction(1, d), b
+
+
 FAMILIES: dict[str, Callable] = {
+    "bounded": family_bounded,
     "uniform": family_uniform,
     "degenerate": family_degenerate,
     "large_logits": family_large_logits,
@@ -145,8 +161,8 @@ FAMILIES: dict[str, Callable] = {
     "scale_kinds": family_scale_kinds,
 }
 COUNTS = {
-    "quick": {"uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "hypothesis": 6},
-    "thorough": {"uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "hypothesis": 80},
+    "quick": {"bounded": 6, "uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "hypothesis": 6},
+    "thorough": {"bounded": 30, "uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "hypothesis": 80},
 }
 
 
@@ -224,11 +240,18 @@ def applicable(case: Case, caps: Capabilities) -> str | None:
         return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
     if caps.max_n is not None and case.instance.n > caps.max_n:
         return f"n = {case.instance.n} exceeds declared max_n = {caps.max_n}"
+    if caps.max_d is not None and case.instance.d > caps.max_d:
+        return f"d = {case.instance.d} exceeds declared max_d = {caps.max_d}"
     if caps.contract_eps is not None and caps.bound is not None:
         inst = case.instance
         m = max(max_abs_exact(x) for x in (inst.q, inst.k, inst.v))
         if m > Fraction(caps.bound):
             return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
+        # the contract is claimed for logits in [−R_max, R_max]; R = |s|·d·B² is what the case allows
+        r_max = float(caps.bound) ** 2 if caps.max_logit_radius is None else float(caps.max_logit_radius)
+        radius = abs(float(inst.scale)) * inst.d * float(caps.bound) ** 2
+        if radius > r_max * (1 + 2.0**-40):
+            return f"logit radius |s|·d·B² = {radius:g} exceeds the contract's {r_max:g}"
     if caps.contract_eps is None:
         tol, _ = tolerance_for(case, caps)
         if not np.isfinite(tol).all():

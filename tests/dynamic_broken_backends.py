@@ -93,3 +93,35 @@ CORRECT = {
     "worst_case_tau_0.5": _named(partial(WorstCaseDynamicAttention, tau=0.5), "worst_case_tau_0.5"),
     "worst_case_period_2": _named(partial(WorstCaseDynamicAttention, period=2), "worst_case_period_2"),
 }
+
+
+class SuiteBackend:
+    """A conformance-suite backend (``dynamic_attention`` capability) serving one structure class, so
+    the catalogue can also be run through ``attnspec conform`` and its worker process."""
+
+    capabilities = {"problems": {"dynamic_attention"}, "dtypes": {"float64"}, "devices": {"cpu"}}
+    structure = LazyDynamicAttention
+
+    def dynamic_attention(self, normalised=True):
+        return self.structure(normalised=normalised)
+
+
+def suite_backend(structure):
+    """A :class:`SuiteBackend` subclass (importable by name) for ``structure``."""
+    return type(f"Suite_{getattr(structure, '__name__', 'structure')}", (SuiteBackend,), {"structure": staticmethod(structure)})
+
+
+ForgetCrossTermBackend = suite_backend(ForgetCrossTerm)
+
+
+class HangingBackend(SuiteBackend):
+    """Never answers its third query when n = 7 (a deadlock in a rebuild, say); correct otherwise."""
+
+    class structure(LazyDynamicAttention):
+        def query(self, i, j):
+            self.queries = getattr(self, "queries", 0) + 1
+            if self.queries == 3 and self.n_keys == 7:
+                import time
+
+                time.sleep(3600)
+            return super().query(i, j)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from attnspec.conformance.cli import main
+from attnspec.conformance.problems import PROBLEM_MODULES, problem_module
 from attnspec.conformance.report import REPORT_SCHEMA, STATUSES
 from attnspec.conformance.softmax_attention import generate_cases
 
@@ -65,7 +66,9 @@ def test_reference_backend_exits_zero_in_a_real_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    assert report["summary"]["pass"] == report["summary"]["total"] == len(QUICK_F64)
+    every_problem = sum(len(problem_module(p).generate_cases("quick", ("float64",))) for p in PROBLEM_MODULES)
+    assert report["summary"]["pass"] == report["summary"]["total"] == every_problem
+    assert set(report["problems"]) == {"softmax_attention", "tensor_attention", "dynamic_attention"}
     assert "passed" in proc.stdout
 
 

@@ -5,8 +5,10 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from attnspec.accelerated.tensor_attention import polynomial_tensor_attention
+from attnspec.conformance import builtin_backends as builtin
 from attnspec.conformance import problems
-from attnspec.conformance import tensor_conformance as tc
+from attnspec.conformance import tensor_attention as tc
 from attnspec.conformance.backends import read_capabilities
 from attnspec.conformance.isolation import InProcessRunner
 from attnspec.conformance.precision_model import PrecisionModel, softmax_tolerance
@@ -19,10 +21,8 @@ import tensor_broken_backends as cat
 CASES = tc.generate_cases("quick", ("float64", "float32"))
 
 
-@pytest.fixture(autouse=True)
-def _tensor_problem_registered(monkeypatch):
-    # Until the lead adds it to conformance/problems.py (see docs/tensor-attention.md).
-    monkeypatch.setitem(problems.PROBLEM_MODULES, "tensor_attention", "attnspec.conformance.tensor_conformance")
+def test_tensor_problem_is_registered():
+    assert problems.problem_module("tensor_attention") is tc
 
 
 def _records(backend):
@@ -73,7 +73,7 @@ def test_correct_variant_passes(backend_cls):
     _assert_all_pass(backend_cls(), 30)
 
 
-@pytest.mark.parametrize("factory", [tc.numpy_tensor_backend, tc.reference_tensor_backend, tc.torch_tensor_backend],
+@pytest.mark.parametrize("factory", [builtin.numpy_backend, builtin.reference_backend, builtin.torch_backend],
                          ids=["numpy", "reference", "torch-einsum"])
 def test_builtin_exact_backends_pass(factory):
     applicable = _assert_all_pass(factory(), 60)  # float64 and float32 cases
@@ -81,29 +81,29 @@ def test_builtin_exact_backends_pass(factory):
 
 
 def test_polynomial_backend_passes_within_its_contract():
-    applicable = _assert_all_pass(tc.polynomial_tensor_backend(1e-6, 1.0), 15)
+    applicable = _assert_all_pass(builtin.PolynomialBackend(1e-6, 1.0), 15)
     assert {r["evidence"]["tolerance_source"]["kind"] for r in applicable} == {"contract"}
     assert any(r["shape"] and r["case_id"].split("/")[2] == "order4" for r in applicable)
-    records = _records(tc.polynomial_tensor_backend(1e-6, 1.0))
+    records = _records(builtin.PolynomialBackend(1e-6, 1.0))
     skipped = [r for r in records if r["status"] == "not_applicable"]
     assert any("declared bound" in r["message"] for r in skipped)
 
 
-class _SwappedHadamardPolynomial(tc.TensorPolynomialBackend):
+class _SwappedHadamardPolynomial(builtin.PolynomialBackend):
     """Polynomial method pairing U₂ with V₂ and U₃ with V₁ in identity (I1)."""
 
     def tensor_attention(self, q, keys, values, *, scale):
         return super().tensor_attention(q, keys, values[::-1], scale=scale)
 
 
-class _OverclaimingPolynomial(tc.TensorPolynomialBackend):
+class _OverclaimingPolynomial(builtin.PolynomialBackend):
     """Claims ε_a = 1e-9 while computing with a polynomial for ε_a = 1e-3."""
 
     def __init__(self):
         super().__init__(1e-9, 1.0)
 
     def tensor_attention(self, q, keys, values, *, scale):
-        return self._impl.polynomial_tensor_attention(q, keys, values, scale=scale, bound=1.0, eps=1e-3)
+        return polynomial_tensor_attention(q, keys, values, scale=scale, bound=1.0, eps=1e-3)
 
 
 @pytest.mark.parametrize("backend_cls", [_SwappedHadamardPolynomial, _OverclaimingPolynomial], ids=lambda c: c.__name__)

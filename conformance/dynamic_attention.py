@@ -28,7 +28,7 @@ import numpy as np
 from ..reference.dynamic_attention import DynamicReference
 from ..spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
 from ..spec.validation import SpecError, to_float64
-from .verdict import ERROR, PASS, Verdict, judge
+from .verdict import ERROR, FAIL, PASS, UNDECIDED, Verdict, judge
 
 U64 = 2.0**-53
 NOT_APPLICABLE = "not_applicable"
@@ -378,6 +378,249 @@ def dynamic_state_machine(backend: Any, normalised: bool = True, *, max_n: int =
 
     DynamicMachine.__name__ = f"DynamicMachine_{_slug(label)}_{VARIANTS[normalised]}"
     return DynamicMachine
+
+
+# ---------------------------------------------------------------------------------------------
+# The conformance suite's problem-module protocol (``attnspec conform`` on a backend declaring
+# ``dynamic_attention``): a case is a whole trace, run in the backend's worker process by
+# :func:`drive_trace` and judged here query by query.
+
+METHOD = "driver:attnspec.conformance.dynamic_attention:drive_trace"
+PROFILES = ("quick", "thorough")
+OP_CODES = {"update_k": 0, "update_v": 1, "query": 2}
+_OP_CLASSES = {0: UpdateK, 1: UpdateV, 2: Query}
+
+
+@dataclass
+class Case:
+    """One dynamic-attention conformance case: a trace (Init first) with its provenance."""
+
+    case_id: str
+    family: str
+    dtype: str
+    seed: int
+    instance: Trace
+    problem: str = PROBLEM
+    tags: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_ops(ops: list) -> np.ndarray:
+    """Operations after Init as a float64 array of rows (code, i, j, δ); δ must be a float64 value."""
+    rows = []
+    for op in ops:
+        delta = getattr(op, "delta", 0.0)
+        if float(delta) != delta:
+            raise SpecError(f"operation {op} has a δ that float64 cannot hold exactly")
+        rows.append((OP_CODES[op.kind], op.i, op.j, float(delta)))
+    return np.array(rows, dtype=np.float64).reshape(len(rows), 4)
+
+
+def decode_ops(arr: np.ndarray) -> list:
+    """Inverse of :func:`encode_ops` (validates codes and integral indices)."""
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or arr.shape[1] != 4 or arr.dtype != np.float64:
+        raise SpecError(f"ops must be a float64 array of shape (m, 4), got {arr.dtype} {arr.shape}")
+    ops = []
+    for r, (code, i, j, delta) in enumerate(arr.tolist()):
+        if code not in _OP_CLASSES or i != int(i) or j != int(j):
+            raise SpecError(f"ops row {r} is not (code in 0..2, integer i, integer j, δ): {(code, i, j, delta)}")
+        cls = _OP_CLASSES[int(code)]
+        ops.append(cls(int(i), int(j)) if cls is Query else cls(int(i), int(j), delta))
+    return ops
+
+
+def drive_trace(backend: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, ops: np.ndarray,
+                normalised: bool) -> np.ndarray:
+    """Worker side: build ``backend.dynamic_attention(normalised=...)``, Init it, apply every operation
+    and return the answers of the queries in order (float64). Runs inside the isolated worker, so a
+    backend that raises, crashes or hangs costs this case only."""
+    factory = getattr(backend, "dynamic_attention", None)
+    if not callable(factory):
+        raise TypeError("backend declares dynamic_attention but has no callable dynamic_attention(normalised=...)")
+    s = make_structure(factory, bool(normalised))
+    s.init(np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64), np.asarray(v, dtype=np.float64), float(scale))
+    answers = []
+    for op in decode_ops(ops):
+        if isinstance(op, UpdateK):
+            s.update_k(op.i, op.j, float(op.delta))
+        elif isinstance(op, UpdateV):
+            s.update_v(op.i, op.j, float(op.delta))
+        else:
+            answers.append(s.query(op.i, op.j))
+    return np.asarray(answers, dtype=np.float64).reshape(len(answers))
+
+
+def _random_trace(rng: np.random.Generator, normalised: bool, *, n: int, d: int, dv: int, m: int, scale: float,
+                  steps: int, style: str) -> Trace:
+    """A seeded trace. Entries and δ are multiples of 2⁻⁸ (exact in float64); ``style`` biases the ops:
+    ``mixed`` (anything), ``same_entry`` (bursts on one entry, δ then −δ), ``cross_term`` (K and V updates
+    on the same key row before a query), ``boundary`` (long runs of updates with a query after each, so
+    every rebuild boundary of a b = ⌈n^τ⌉ structure is crossed and queried at)."""
+    grid = lambda shape, lim: rng.integers(-lim, lim + 1, size=shape) / 256.0  # noqa: E731
+    q, k, v = grid((m, d), 256), grid((n, d), 256), grid((n, dv), 256)
+    ops: list = [Init(q, k, v, scale)]
+    delta = lambda: float(rng.integers(-128, 129)) / 256.0 or 0.25  # noqa: E731
+    query = lambda: ops.append(Query(int(rng.integers(m)), int(rng.integers(dv))))  # noqa: E731
+    for _ in range(steps):
+        if style == "same_entry":
+            which, i = (UpdateK, int(rng.integers(n))) if rng.random() < 0.5 else (UpdateV, int(rng.integers(n)))
+            j = int(rng.integers(d if which is UpdateK else dv))
+            dl = delta()
+            for _ in range(int(rng.integers(2, 6))):
+                ops.append(which(i, j, dl))
+            ops.append(which(i, j, -dl))
+            query()
+        elif style == "cross_term":
+            i = int(rng.integers(n))
+            ops.append(UpdateK(i, int(rng.integers(d)), delta()))
+            ops.append(UpdateV(i, int(rng.integers(dv)), delta()))
+            query()
+        elif style == "boundary":
+            i = int(rng.integers(n))
+            ops.append(UpdateK(i, int(rng.integers(d)), delta()) if rng.random() < 0.5 else UpdateV(i, int(rng.integers(dv)), delta()))
+            query()
+        else:
+            r = rng.random()
+            if r < 0.35:
+                ops.append(UpdateK(int(rng.integers(n)), int(rng.integers(d)), delta()))
+            elif r < 0.7:
+                ops.append(UpdateV(int(rng.integers(n)), int(rng.integers(dv)), delta()))
+            else:
+                query()
+    query()  # every trace ends in a query, so every update is checked at least once
+    return Trace(normalised=normalised, ops=ops)
+
+
+# family → (n, d, dv, m, scale, steps) per trace; sizes are prime or odd so no block size divides them
+FAMILIES = {
+    "mixed": [(7, 3, 2, 5, 1.0, 40), (16, 4, 3, 9, 0.5, 60), (33, 8, 5, 17, 0.25, 80)],
+    "same_entry": [(5, 2, 2, 4, 1.0, 12), (12, 4, 3, 6, 0.5, 16)],
+    "cross_term": [(9, 3, 3, 5, 1.0, 20), (25, 5, 4, 11, 0.5, 30)],
+    "boundary": [(16, 4, 2, 8, 1.0, 40), (49, 6, 3, 13, 0.5, 60)],
+    "sharp": [(11, 4, 3, 7, 2.0, 30)],  # logits up to ±8: a peaked softmax whose tolerance e^{span}·u stays useful
+    "tiny": [(1, 1, 1, 1, 1.0, 6), (2, 1, 1, 1, 0.5, 8)],
+}
+
+
+def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
+    """Seeded traces for both variants (ODAMV and OAMV); ``thorough`` runs each recipe with 4 seeds.
+    Traces are float64 (the structure's Init receives float64 arrays); other dtypes yield nothing."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; known: {PROFILES}")
+    if "float64" not in dtypes:
+        return []
+    repeats = 1 if profile == "quick" else 4
+    cases = []
+    for family, recipes in FAMILIES.items():
+        style = family if family in ("same_entry", "cross_term", "boundary") else "mixed"
+        for index, (n, d, dv, m, scale, steps) in enumerate(recipes):
+            for rep in range(repeats):
+                for normalised in (True, False):
+                    case_seed = (seed * 1_000_003 + sum(map(ord, family)) * 101 + index * 17 + rep) % 2**32
+                    rng = np.random.default_rng(case_seed)
+                    trace = _random_trace(rng, normalised, n=n, d=d, dv=dv, m=m, scale=scale, steps=steps, style=style)
+                    cid = f"dynamic_attention/{VARIANTS[normalised]}/{family}/{index}.{rep}"
+                    cases.append(Case(cid, family, "float64", case_seed, trace, tags={"n": n, "d": d, "steps": steps}))
+    return cases
+
+
+def applicable(case: Case, caps: Any) -> str | None:
+    if PROBLEM not in caps.problems:
+        return f"backend does not declare {PROBLEM}"
+    if "float64" not in caps.dtypes:
+        return "dynamic traces are float64; the backend does not declare float64"
+    init = case.instance.ops[0]
+    if caps.max_n is not None and np.asarray(init.k).shape[0] > caps.max_n:
+        return f"n = {np.asarray(init.k).shape[0]} exceeds the declared max_n = {caps.max_n}"
+    return None
+
+
+def instance_arrays(trace: Trace) -> dict[str, np.ndarray]:
+    init = trace.ops[0]
+    if not isinstance(init, Init):
+        raise SpecError("a trace starts with Init")
+    arrays = {name: to_float64(np.asarray(getattr(init, name))) for name in ("q", "k", "v")}
+    arrays["ops"] = encode_ops(trace.ops[1:])
+    return arrays
+
+
+def instance_params(trace: Trace) -> dict[str, Any]:
+    from ..spec.dynamic_attention import encode_exact
+
+    return {"normalised": bool(trace.normalised), "scale": encode_exact(trace.ops[0].scale)}
+
+
+def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Trace:
+    from ..spec.dynamic_attention import decode_exact
+
+    missing = {"q", "k", "v", "ops"} - set(arrays)
+    if missing:
+        raise SpecError(f"dynamic-attention case lacks arrays {sorted(missing)}")
+    normalised = params.get("normalised")
+    if not isinstance(normalised, bool):
+        raise SpecError("dynamic-attention case params need a boolean 'normalised'")
+    trace = Trace(normalised=normalised, ops=[Init(arrays["q"], arrays["k"], arrays["v"], decode_exact(str(params.get("scale", "1"))))]
+                  + decode_ops(arrays["ops"]))
+    trace.validate()  # the exact state machine re-checks every index, shape and value
+    return trace
+
+
+def call_args(case: Case) -> tuple[tuple, dict]:
+    arrays = instance_arrays(case.instance)
+    init = case.instance.ops[0]
+    return (arrays["q"], arrays["k"], arrays["v"], float(init.scale), arrays["ops"], bool(case.instance.normalised)), {}
+
+
+class _Replayed:
+    """A stand-in structure that answers queries with a backend's recorded outputs, in order."""
+
+    def __init__(self, answers: np.ndarray, normalised: bool):
+        self._answers = iter(answers.tolist())
+        self.normalised = normalised
+
+    def init(self, *args: Any) -> None:
+        pass
+
+    def update_k(self, *args: Any) -> None:
+        pass
+
+    def update_v(self, *args: Any) -> None:
+        pass
+
+    def query(self, i: int, j: int) -> float:
+        return next(self._answers)
+
+
+def judge_case(case: Case, output: Any, caps: Any, *, max_prec: int = 1024) -> Verdict:
+    """Judge every query answer of the trace (certified, precision-model tolerance); the case's verdict is
+    the worst one: fail before error before undecided before pass. Evidence: the worst query's."""
+    trace = case.instance
+    queries = sum(isinstance(op, Query) for op in trace.ops)
+    try:
+        answers = np.asarray(output, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        return Verdict(ERROR, f"output is not a vector of query answers: {exc}", {"kind": "bad_output"})
+    if answers.shape[0] != queries:
+        return Verdict(ERROR, f"expected {queries} query answers, got {answers.shape[0]}", {"kind": "bad_output"})
+    checker = DynamicChecker(lambda normalised: _Replayed(answers, normalised), trace.normalised, max_prec=max_prec,
+                             name="replayed")
+    for op in trace.ops:
+        checker.apply(op)
+    rank = {FAIL: 0, ERROR: 1, UNDECIDED: 2, PASS: 3, NOT_APPLICABLE: 4}
+    judged = [v for v in checker.verdicts if v.status != NOT_APPLICABLE]
+    if not judged:
+        return Verdict(NOT_APPLICABLE, "every query's precision-model tolerance is vacuous for this trace")
+    worst = min(judged, key=lambda v: (rank.get(v.status, 1), -float(v.verdict.evidence.get("ratio", 0) or 0)))
+    counts = {s: sum(v.status == s for v in checker.verdicts) for s in (PASS, FAIL, UNDECIDED, ERROR, NOT_APPLICABLE)}
+    evidence = dict(worst.verdict.evidence)
+    evidence.update(queries=counts, worst_op=str(worst.op), worst_op_index=worst.index)
+    if worst.status == PASS:
+        return Verdict(PASS, f"all {counts[PASS]} judged queries within tolerance", evidence)
+    return Verdict(worst.status, f"query #{worst.index} {worst.op}: {worst.verdict.message}", evidence)
+
+
+def iter_families():
+    yield from FAMILIES
 
 
 def _slug(s: str) -> str:

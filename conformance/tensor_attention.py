@@ -339,14 +339,15 @@ def applicable(case: Case, caps: Capabilities) -> str | None:
         return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
     if caps.max_n is not None and inst.n > caps.max_n:
         return f"n = {inst.n} exceeds declared max_n = {caps.max_n}"
+    if caps.max_d is not None and inst.d > caps.max_d:
+        return f"d = {inst.d} exceeds declared max_d = {caps.max_d}"
     if caps.contract_eps is not None:
         if caps.bound is None:
             return "contract backend declares no entry bound B"
         m = max(max_abs_exact(x) for x in (inst.q, *inst.keys, *inst.values))
         if m > Fraction(caps.bound):
             return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
-        r_max = getattr(caps, "max_logit_radius", None)
-        r_max = float(caps.bound) ** inst.order if r_max is None else float(r_max)
+        r_max = float(caps.bound) ** inst.order if caps.max_logit_radius is None else float(caps.max_logit_radius)
         radius = contract_logit_radius(inst, caps.bound)
         if radius > r_max * (1 + 2.0**-40):
             return f"logit radius |s|·d·B^k = {radius:g} exceeds the contract's {r_max:g}"
@@ -418,94 +419,3 @@ def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -
 def iter_families() -> Iterator[str]:
     yield from FAMILIES
     yield "hypothesis"
-
-
-# ---------------------------------------------------------------------------------------------
-# Built-in tensor backends
-
-
-class TensorReferenceBackend:
-    """The certified reference rounded once to float64 (enclosure midpoint at 128 bits)."""
-
-    capabilities = {
-        "problems": {PROBLEM},
-        "dtypes": {"float64", "float32"},
-        "devices": {"cpu"},
-        "max_n": 64,
-        "deterministic": True,
-        "precision": {"float64": PrecisionModel("float64", exact_rounded=True),
-                      "float32": PrecisionModel("float64", exact_rounded=True)},
-    }
-
-    def tensor_attention(self, q, keys, values, *, scale):
-        return enclose(make_instance(q, keys, values, scale=scale), 128).mid()
-
-
-class TensorNumpyBackend:
-    """attnspec's exact blocked online-softmax tensor attention on numpy, in the input dtype."""
-
-    def __init__(self, block_size: int | None = 61):
-        from ..accelerated import tensor_attention as impl
-
-        self._impl = impl
-        self.block_size = block_size  # 61 (prime) by default: small cases still span several blocks
-        self.capabilities = {"problems": {PROBLEM}, "dtypes": {"float64", "float32"}, "devices": {"cpu"}, "deterministic": True}
-
-    def tensor_attention(self, q, keys, values, *, scale):
-        return self._impl.tensor_attention(q, keys, values, scale=scale, block_size=self.block_size)
-
-
-class TensorPolynomialBackend:
-    """The Alman–Song polynomial method: contract ε_a for entries in [−B, B] and |s| ≤ 1/d."""
-
-    def __init__(self, eps: float = 1e-6, bound: float = 1.0):
-        from ..accelerated import tensor_attention as impl
-
-        self._impl = impl
-        self.eps = float(eps)
-        self.bound = float(bound)
-        self.capabilities = {"problems": {PROBLEM}, "dtypes": {"float64"}, "devices": {"cpu"},
-                             "contract_eps": self.eps, "bound": self.bound, "deterministic": True}
-
-    def tensor_attention(self, q, keys, values, *, scale):
-        return self._impl.polynomial_tensor_attention(q, keys, values, scale=scale, bound=self.bound, eps=self.eps)
-
-
-class TorchEinsumTensorBackend:
-    """Third-party reference point: logits by one ``torch.einsum`` over all key tuples, torch.softmax
-    over the flattened tuples, values contracted by a second einsum (O(n^k) memory: small n only)."""
-
-    def __init__(self, device: str = "cpu"):
-        import torch
-
-        self._torch = torch
-        self._device = device
-        self.version = torch.__version__
-        self.capabilities = {"problems": {PROBLEM}, "dtypes": {"float64", "float32"}, "devices": {device}, "max_n": 128}
-
-    def tensor_attention(self, q, keys, values, *, scale):
-        torch = self._torch
-        letters = "abcefgh"[:len(keys)]  # never i (queries), t (features) or l (values)
-        as_t = lambda x: torch.from_numpy(np.ascontiguousarray(x)).to(self._device)  # noqa: E731
-        tq, tk, tv = as_t(q), [as_t(x) for x in keys], [as_t(x) for x in values]
-        logits = torch.einsum(",".join(["it"] + [f"{c}t" for c in letters]) + "->i" + letters, tq, *tk) * float(scale)
-        n = tq.shape[0]
-        p = torch.softmax(logits.reshape(n, -1), dim=1).reshape(logits.shape)
-        out = torch.einsum(",".join(["i" + letters] + [f"{c}l" for c in letters]) + "->il", p, *tv)
-        return out.cpu().numpy()
-
-
-def reference_tensor_backend() -> TensorReferenceBackend:
-    return TensorReferenceBackend()
-
-
-def numpy_tensor_backend() -> TensorNumpyBackend:
-    return TensorNumpyBackend()
-
-
-def polynomial_tensor_backend(eps: float = 1e-6, bound: float = 1.0) -> TensorPolynomialBackend:
-    return TensorPolynomialBackend(eps, bound)
-
-
-def torch_tensor_backend() -> TorchEinsumTensorBackend:
-    return TorchEinsumTensorBackend("cpu")
