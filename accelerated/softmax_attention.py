@@ -24,8 +24,10 @@ B = ceil(n / block_size) blocks) is multiplied by one rescaling factor exp(m −
 i.e. at most B − 1 times; :func:`rescale_count` returns that number. Every such factor comes from one
 exp call and one multiplication. (So the model's bound R ≤ ceil(n / block) holds with room to spare.)
 
-Memory: one row-block × key-block logit tile (about ``TILE_ELEMENTS`` numbers), the accumulator and an
-n×(dv+1) copy of [V | 1]: O(n·dv + tile), never n². With numpy and CuPy the tile is reused in place
+Memory: one row-block × key-block logit tile (about ``TILE_ELEMENTS`` numbers) per worker thread, the
+accumulator and an n×(dv+1) copy of [V | 1]: O(n·dv + tile), never n². On numpy, large inputs are split
+into contiguous row ranges run by one thread per core (cut at row-block boundaries, so every row sees
+exactly the serial code's operations: the result is bitwise the same). With numpy and CuPy the tile is reused in place
 (``out=``); other libraries (torch) run the same code with fresh arrays.
 
 Logits that overflow the format itself (|s·⟨q_i,k_j⟩| beyond ~1.8e308 in float64) make the row NaN: the
@@ -35,6 +37,7 @@ exact answer exists, but this format cannot compute it; the error is visible, ne
 from __future__ import annotations
 
 import math
+import os
 from numbers import Real
 from typing import Any
 
@@ -48,7 +51,7 @@ PROBLEM = "softmax_attention"
 SUPPORTED_DTYPE_NAMES = ("float32", "float64")
 DEFAULT_KEY_BLOCK = 2048
 # Logit tile (row block × key block) ~ 2¹⁹ numbers = 4 MiB in float64: measured fastest among the
-# sizes tried on the 2-core benchmark machine (docs/benchmarks-softmax.md), and small next to n².
+# sizes tried on the 2-core benchmark machine (docs/benchmarks.md), and small next to n².
 TILE_ELEMENTS = 1 << 19
 
 
@@ -90,12 +93,65 @@ def softmax_attention(q: Any, k: Any, v: Any, *, scale: Any, block_size: int | N
     # [V | 1]: the last column of acc accumulates the normaliser D_ii with the same product.
     v1 = xp.concat([v, xp.ones((n, 1), dtype=dtype, device=dev)], axis=1)
     out = xp.empty((n, dv), dtype=dtype, device=dev)
-    tile = xp.empty((rb, kb), dtype=dtype, device=dev) if native is not None else None
-    for i0 in range(0, n, rb):
-        i1 = min(n, i0 + rb)
-        acc = _row_block(xp, native, qs[i0:i1, :], k, v1, kb, tile)
-        out[i0:i1, :] = acc[:, :dv] / acc[:, dv:]
+
+    def run_rows(first: int, last: int) -> None:
+        tile = xp.empty((rb, kb), dtype=dtype, device=dev) if native is not None else None
+        for i0 in range(first, last, rb):
+            i1 = min(last, i0 + rb)
+            acc = _row_block(xp, native, qs[i0:i1, :], k, v1, kb, tile)
+            out[i0:i1, :] = acc[:, :dv] / acc[:, dv:]
+
+    workers = _cpu_workers(native, n, rb)
+    if workers == 1:
+        run_rows(0, n)
+    else:  # contiguous row ranges cut at row-block boundaries: the same blocks, so the same bits
+        per = -(-math.ceil(n / rb) // workers) * rb
+        with _blas_single_threaded():
+            list(_pool(workers).map(lambda first: run_rows(first, min(n, first + per)), range(0, n, per)))
     return out
+
+
+# Row blocks on numpy run on a thread pool (numpy releases the GIL in matmul and exp), with BLAS held to
+# one thread meanwhile so the two do not fight over the cores. exp (outside BLAS) is the largest cost,
+# so this measured 1.6× faster than serial code with a 2-thread BLAS (docs/benchmarks.md). Only above
+# PARALLEL_MIN_ELEMENTS logits, where the hand-off (~0.1 ms) is negligible.
+PARALLEL_MIN_ELEMENTS = 1 << 21
+_POOLS: dict[int, Any] = {}
+_BLAS: list = []
+
+
+def _cpu_workers(native, n: int, rb: int) -> int:
+    if native is not np or n * n < PARALLEL_MIN_ELEMENTS or _blas_controller() is None:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, math.ceil(n / rb)))
+
+
+def _blas_controller():
+    """threadpoolctl's controller (made once: it scans the loaded libraries), or None without it."""
+    if not _BLAS:
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            _BLAS.append(ThreadpoolController())
+        except Exception:  # no threadpoolctl: stay serial rather than oversubscribe the cores
+            _BLAS.append(None)
+    return _BLAS[0]
+
+
+def _blas_single_threaded():
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def _pool(workers: int):
+    if workers not in _POOLS:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOLS[workers] = ThreadPoolExecutor(workers, thread_name_prefix="attnspec-softmax")
+    return _POOLS[workers]
 
 
 def _row_block(xp, native, qs, k, v1, kb, tile):

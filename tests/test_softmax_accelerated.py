@@ -33,6 +33,7 @@ vacuous; the strategies keep S_i small enough that it never is (asserted).
 from __future__ import annotations
 
 import math
+import os
 import tracemalloc
 from fractions import Fraction
 
@@ -216,20 +217,23 @@ def test_torch_tensors_in_torch_tensors_out():
 
 def test_memory_is_linear_in_n():
     """Peak allocation: the logit tile plus O(n·dv) arrays, far below the n² of A (counted exactly
-    from the arrays the code allocates: s·Q, [V|1], out, tile, acc and its block contribution, the
-    row maxima, and the output quotient's temporaries; 64 KiB for Python objects)."""
-    n, d, dv = 2048, 16, 16
+    from the arrays the code allocates: s·Q, [V|1], out, and per worker thread its tile, acc and its
+    block contribution, the row maxima, and the output quotient's temporaries; 64 KiB per worker for
+    Python objects)."""
+    n, d, dv = 4096, 16, 16
     q, k, v = random_inputs(23, n, d, dv, np.float64)
     kb = default_block_size(n)
     rb = max(1, min(n, acc_mod.TILE_ELEMENTS // kb))
+    softmax_attention(q, k, v, scale=0.25)  # warm-up: the thread pool and threadpoolctl's scan are made once
     tracemalloc.start()
     try:
         softmax_attention(q, k, v, scale=0.25)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    numbers = n * d + n * (dv + 1) + n * dv + rb * kb + 3 * rb * (dv + 1) + 4 * rb + 2 * rb * dv
-    assert peak <= 8 * numbers + 65536
+    workers = acc_mod._cpu_workers(np, n, rb)  # each worker thread has its own tile and accumulators
+    numbers = n * d + n * (dv + 1) + n * dv + workers * (rb * kb + 3 * rb * (dv + 1) + 4 * rb + 2 * rb * dv)
+    assert peak <= 8 * numbers + 65536 * workers
     assert peak < n * n * 8 // 4
 
 
@@ -317,3 +321,23 @@ def test_cupy_matches_certified_reference(seed, n, d, dv, block, scale, dtype):
     out = softmax_attention(cp.asarray(q), cp.asarray(k), cp.asarray(v), scale=scale, block_size=block)
     assert isinstance(out, cp.ndarray) and out.dtype == np.dtype(dtype)
     assert_certified(to_numpy(out), q, k, v, scale, block)
+
+
+def test_threaded_row_ranges_give_the_serial_bits(monkeypatch):
+    """Large numpy inputs run contiguous row ranges on worker threads: the same row blocks, so the very
+    same bits as the serial path (with or without a row range ending mid-block)."""
+    n, d, dv = 1031, 8, 5  # n prime: the last row block is partial
+    q, k, v = random_inputs(29, n, d, dv, np.float64)
+    monkeypatch.setattr(acc_mod, "PARALLEL_MIN_ELEMENTS", 1)
+    monkeypatch.setattr(acc_mod, "TILE_ELEMENTS", 64 * 256)  # several row blocks per worker
+    if acc_mod._blas_controller() is None:
+        pytest.skip("threadpoolctl is not installed: the numpy path stays serial")
+    calls = []
+    real_pool = acc_mod._pool
+    monkeypatch.setattr(acc_mod, "_pool", lambda w: calls.append(w) or real_pool(w))
+    threaded = softmax_attention(q, k, v, scale=0.5, block_size=256)
+    monkeypatch.setattr(acc_mod, "PARALLEL_MIN_ELEMENTS", 1 << 62)
+    serial = softmax_attention(q, k, v, scale=0.5, block_size=256)
+    if os.cpu_count() and len(os.sched_getaffinity(0)) > 1:
+        assert calls and calls[0] > 1
+    assert np.array_equal(threaded, serial)
