@@ -41,14 +41,9 @@ def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosu
     n, dv = inst.output_shape
     shifts = row_shifts(inst)
     with working_precision(prec, threads=default_threads()):
-        logits = exact_product(inst.q, inst.k) * exact_arb(inst.scale)
+        flat = shifted_logits(inst, shifts).entries()
         exp = arb.exp
-        flat = logits.entries()
-        rows = []
-        for i in range(n):
-            m = arb(float(shifts[i]))
-            rows.append([exp(x - m) for x in flat[i * n:(i + 1) * n]])
-        weights = arb_mat(rows)
+        weights = arb_mat([list(map(exp, flat[i * n:(i + 1) * n])) for i in range(n)])
         v1 = np.empty((n, dv + 1), dtype=object)
         v1[:, :dv] = inst.v if inst.v.dtype == object else inst.v.astype(np.float64)
         v1[:, dv] = 1.0
@@ -60,6 +55,23 @@ def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosu
             denom = row[dv]
             out.extend(x / denom for x in row[:dv])
     return Enclosure(balls=out, shape=(n, dv), prec=prec)
+
+
+def shifted_logits(inst: SoftmaxAttentionInstance, shifts: np.ndarray) -> arb_mat:
+    """Enclosure of s·QKᵀ − m·1ᵀ (m: the float row shifts) at the current precision.
+
+    Float inputs: one ball matrix product [Q | −m]·[s·K | 1]ᵀ, so the scale and the shift cost O(n·d)
+    instead of two n×n passes (the entries s·k are exact when s is dyadic; a ball otherwise).
+    Rational inputs: the exact product QKᵀ first, then scale and shift as ball matrices.
+    """
+    n = inst.q.shape[0]
+    if inst.q.dtype.kind == "f" and inst.k.dtype.kind == "f":
+        left = np.hstack([inst.q.astype(np.float64), -shifts.reshape(n, 1)])
+        s = exact_arb(inst.scale)
+        right = [[s * x for x in col] for col in inst.k.astype(np.float64).T.tolist()] + [[arb(1)] * inst.k.shape[0]]
+        return arb_matrix(left) * arb_mat(right)
+    logits = exact_product(inst.q, inst.k) * exact_arb(inst.scale)
+    return logits - arb_mat([[float(m)] for m in shifts]) * arb_mat([[1.0] * inst.k.shape[0]])
 
 
 def arb_matrix_mixed(m: np.ndarray) -> arb_mat:
