@@ -28,6 +28,7 @@ import numpy as np
 from ..reference.dynamic_attention import DynamicReference
 from ..spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
 from ..spec.validation import SpecError, to_float64
+from .case_common import ConformanceCase
 from .verdict import ERROR, FAIL, PASS, UNDECIDED, Verdict, judge
 
 U64 = 2.0**-53
@@ -392,16 +393,10 @@ _OP_CLASSES = {0: UpdateK, 1: UpdateV, 2: Query}
 
 
 @dataclass
-class Case:
-    """One dynamic-attention conformance case: a trace (Init first) with its provenance."""
+class Case(ConformanceCase):
+    """One dynamic-attention conformance case (``instance``: a Trace, Init first)."""
 
-    case_id: str
-    family: str
-    dtype: str
-    seed: int
-    instance: Trace
     problem: str = PROBLEM
-    tags: dict[str, Any] = field(default_factory=dict)
 
 
 def encode_ops(ops: list) -> np.ndarray:

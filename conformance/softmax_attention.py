@@ -19,8 +19,7 @@ bound B, head dimension ``max_d`` and logit radius ``max_logit_radius``), otherw
 
 from __future__ import annotations
 
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterator
 
@@ -30,24 +29,19 @@ from ..reference.softmax_attention import enclose
 from ..spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
 from ..spec.validation import max_abs_exact
 from .backends import Capabilities
+from .case_common import ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against
 from .precision_model import contract_tolerance, softmax_tolerance
-from .verdict import Verdict, judge
+from .verdict import Verdict
 
 METHOD = "attention"
 PROFILES = ("quick", "thorough")
 
 
 @dataclass
-class Case:
-    """One conformance case: an instance with its provenance."""
+class Case(ConformanceCase):
+    """One softmax-attention conformance case (``instance``: a SoftmaxAttentionInstance)."""
 
-    case_id: str
-    family: str
-    dtype: str
-    seed: int
-    instance: SoftmaxAttentionInstance
     problem: str = PROBLEM
-    tags: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,13 +160,8 @@ COUNTS = {
 }
 
 
-def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
-    out = x.astype(dtype)
-    return np.where(np.isfinite(out), out, 0).astype(dtype)
-
-
 def _case_from_arrays(family: str, index: int, seed: int, dtype: str, q, k, v, scale, bound) -> Case:
-    q, k, v = (_cast(np.asarray(x, dtype=np.float64), dtype) for x in (q, k, v))
+    q, k, v = (cast_to(x, dtype) for x in (q, k, v))
     scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
     b = None
     if bound is not None:
@@ -183,43 +172,16 @@ def _case_from_arrays(family: str, index: int, seed: int, dtype: str, q, k, v, s
 
 def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
     """The deterministic case list of a profile (see module docstring), for each dtype."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
-    counts = COUNTS[profile]
-    big = profile == "thorough"
-    cases: list[Case] = []
-    for dtype in dtypes:
-        for family, recipe in FAMILIES.items():
-            fam_seed = _family_seed(seed, family)
-            rng = np.random.default_rng(fam_seed)
-            for i, (q, k, v, scale, bound) in enumerate(recipe(rng, counts[family], big)):
-                cases.append(_case_from_arrays(family, i, fam_seed, dtype, q, k, v, scale, bound))
-        cases.extend(hypothesis_cases(counts["hypothesis"], dtype, big, seed))
-    return cases
-
-
-def _family_seed(seed: int, family: str) -> int:
-    return (seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(family))) % 2**32
+    return generate_family_cases(profile, PROFILES, tuple(dtypes), seed, families=FAMILIES, counts=COUNTS,
+                                 make_case=_case_from_arrays, hypothesis_cases=hypothesis_cases)
 
 
 def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
     """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.strategies.softmax_instances`."""
-    if count <= 0:
-        return []
-    from hypothesis import HealthCheck, Phase, given, settings
-
     from .strategies import softmax_instances
 
-    drawn: list[SoftmaxAttentionInstance] = []
-
-    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype))
-    def collect(inst: SoftmaxAttentionInstance) -> None:
-        drawn.append(inst)
-
-    collect()
-    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn[:count])]
+    drawn = derandomized_draws(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype), count)
+    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -270,24 +232,13 @@ def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str,
     return tol, {"kind": "precision_model", "model": model.__dict__.copy()}
 
 
-_ENCLOSURES: "weakref.WeakKeyDictionary[SoftmaxAttentionInstance, dict[int, Any]]" = weakref.WeakKeyDictionary()
-
-
-def cached_enclosure(inst: SoftmaxAttentionInstance, prec: int):
-    """The reference enclosure of ``inst`` at ``prec`` bits, computed once per instance object."""
-    per_prec = _ENCLOSURES.setdefault(inst, {})
-    if prec not in per_prec:
-        per_prec[prec] = enclose(inst, prec)
-    return per_prec[prec]
+cached_enclosure = EnclosureCache(enclose)
 
 
 def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
     """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
     tol, source = tolerance_for(case, caps)
-    verdict = judge(output, lambda prec: cached_enclosure(case.instance, prec), tol, max_prec=max_prec)
-    verdict.evidence["tolerance_source"] = source
-    verdict.evidence["conditioning"] = conditioning(case.instance)
-    return verdict
+    return judge_against(case, output, tol, source, cached_enclosure, conditioning(case.instance), max_prec=max_prec)
 
 
 def instance_arrays(inst: SoftmaxAttentionInstance) -> dict[str, np.ndarray]:

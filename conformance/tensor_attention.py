@@ -21,8 +21,7 @@ and logit radius), otherwise :func:`tensor_tolerance`, the precision model deriv
 from __future__ import annotations
 
 import math
-import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterator
 
@@ -39,24 +38,19 @@ from ..spec.tensor_attention import (
 )
 from ..spec.validation import max_abs_exact, to_float64
 from .backends import Capabilities
+from .case_common import ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against
 from .precision_model import _EVAL_SLACK, SMALLEST_NORMAL, PrecisionModel, _gamma, contract_tolerance
-from .verdict import Verdict, judge
+from .verdict import Verdict
 
 METHOD = "tensor_attention"
 PROFILES = ("quick", "thorough")
 
 
 @dataclass
-class Case:
-    """One tensor-attention conformance case: an instance with its provenance."""
+class Case(ConformanceCase):
+    """One tensor-attention conformance case (``instance``: a TensorAttentionInstance)."""
 
-    case_id: str
-    family: str
-    dtype: str
-    seed: int
-    instance: TensorAttentionInstance
     problem: str = PROBLEM
-    tags: dict[str, Any] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,15 +166,10 @@ COUNTS = {
 }
 
 
-def _cast(x: np.ndarray, dtype: str) -> np.ndarray:
-    out = np.asarray(x, dtype=np.float64).astype(dtype)
-    return np.where(np.isfinite(out), out, 0).astype(dtype)
-
-
 def _case_from_arrays(family, index, seed, dtype, q, keys, values, scale, bound) -> Case:
-    q = _cast(q, dtype)
-    keys = [_cast(x, dtype) for x in keys]
-    values = [_cast(x, dtype) for x in values]
+    q = cast_to(q, dtype)
+    keys = [cast_to(x, dtype) for x in keys]
+    values = [cast_to(x, dtype) for x in values]
     scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
     b = None
     if bound is not None:  # rounding to the dtype may nudge an entry past B
@@ -189,25 +178,10 @@ def _case_from_arrays(family, index, seed, dtype, q, keys, values, scale, bound)
     return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
 
 
-def _family_seed(seed: int, family: str) -> int:
-    return (seed * 1_000_003 + sum(ord(c) * 31**i for i, c in enumerate(family)) + 7) % 2**32
-
-
 def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
     """The deterministic case list of a profile, for each dtype (see module docstring)."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
-    counts = COUNTS[profile]
-    big = profile == "thorough"
-    cases: list[Case] = []
-    for dtype in dtypes:
-        for family, recipe in FAMILIES.items():
-            fam_seed = _family_seed(seed, family)
-            rng = np.random.default_rng(fam_seed)
-            for i, (q, keys, values, scale, bound) in enumerate(recipe(rng, counts[family], big)):
-                cases.append(_case_from_arrays(family, i, fam_seed, dtype, q, keys, values, scale, bound))
-        cases.extend(hypothesis_cases(counts["hypothesis"], dtype, big, seed))
-    return cases
+    return generate_family_cases(profile, PROFILES, tuple(dtypes), seed, families=FAMILIES, counts=COUNTS,
+                                 make_case=_case_from_arrays, hypothesis_cases=hypothesis_cases, salt=7)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,20 +223,8 @@ def tensor_instances(max_n: int = 8, max_d: int = 4, orders: tuple[int, ...] = (
 
 def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
     """``count`` instances drawn (derandomized) from :func:`tensor_instances`."""
-    if count <= 0:
-        return []
-    from hypothesis import HealthCheck, Phase, given, settings
-
-    drawn: list[TensorAttentionInstance] = []
-
-    @settings(max_examples=count, derandomize=True, database=None, phases=[Phase.generate], deadline=None,
-              suppress_health_check=list(HealthCheck))
-    @given(tensor_instances(max_n=14 if big else 8, max_d=5 if big else 3, dtype=dtype))
-    def collect(inst):
-        drawn.append(inst)
-
-    collect()
-    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn[:count])]
+    drawn = derandomized_draws(tensor_instances(max_n=14 if big else 8, max_d=5 if big else 3, dtype=dtype), count)
+    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,7 +250,7 @@ def tensor_tolerance(inst: TensorAttentionInstance, model: PrecisionModel) -> np
 
     k = 2 reproduces the softmax model exactly. R = rescalings (N when unknown), c = exp ulps.
     """
-    n, d, k = inst.n, inst.d, inst.order
+    d, k = inst.d, inst.order
     big_n = inst.num_tuples
     u = model.u
     lam = SMALLEST_NORMAL[model.fmt]
@@ -367,24 +329,13 @@ def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str,
     return tensor_tolerance(inst, model), {"kind": "precision_model", "model": model.__dict__.copy()}
 
 
-_ENCLOSURES: "weakref.WeakKeyDictionary[TensorAttentionInstance, dict[int, Any]]" = weakref.WeakKeyDictionary()
-
-
-def cached_enclosure(inst: TensorAttentionInstance, prec: int):
-    """The reference enclosure of ``inst`` at ``prec`` bits, computed once per instance object."""
-    per_prec = _ENCLOSURES.setdefault(inst, {})
-    if prec not in per_prec:
-        per_prec[prec] = enclose(inst, prec)
-    return per_prec[prec]
+cached_enclosure = EnclosureCache(enclose)
 
 
 def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
     """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
     tol, source = tolerance_for(case, caps)
-    verdict = judge(output, lambda prec: cached_enclosure(case.instance, prec), tol, max_prec=max_prec)
-    verdict.evidence["tolerance_source"] = source
-    verdict.evidence["conditioning"] = conditioning(case.instance)
-    return verdict
+    return judge_against(case, output, tol, source, cached_enclosure, conditioning(case.instance), max_prec=max_prec)
 
 
 def instance_arrays(inst: TensorAttentionInstance) -> dict[str, np.ndarray]:

@@ -34,14 +34,11 @@ def _records(backend):
 def test_quick_list_is_deterministic_and_covers_the_brief():
     again = tc.generate_cases("quick", ("float64", "float32"))
     assert [c.case_id for c in again] == [c.case_id for c in CASES]
-    # The seeded families are bit-identical. The "hypothesis" family is derandomized but not
-    # reproducible across imports: hypothesis ≥ 6.131 mixes constants harvested from every loaded
-    # module (sys.modules) into its draws, so its cases may differ when other modules were imported.
+    # Bit-identical, the derandomized hypothesis family included (its draws ignore what was imported).
     for a, b in zip(CASES, again):
-        if a.family != "hypothesis":
-            for x, y in zip((a.instance.q, *a.instance.keys, *a.instance.values),
-                            (b.instance.q, *b.instance.keys, *b.instance.values)):
-                assert np.array_equal(x, y)
+        for x, y in zip((a.instance.q, *a.instance.keys, *a.instance.values),
+                        (b.instance.q, *b.instance.keys, *b.instance.values)):
+            assert np.array_equal(x, y)
     orders = Counter(c.instance.order for c in CASES)
     assert orders[3] > 0 and orders[4] > 0 and orders[2] > 0
     assert any(c.instance.n in (13, 17, 23, 31) for c in CASES)  # prime n: no block size divides n^{k−1}
