@@ -17,7 +17,6 @@ whole bound from Arb-certified ε and κ.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from functools import lru_cache
 from fractions import Fraction

@@ -44,9 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 class Progress:
     """A one-line progress bar on stderr (a line per 10% when stderr is not a terminal)."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.tty = stream.isatty()
+    def __init__(self, stream=None):
+        self.stream = sys.stderr if stream is None else stream  # looked up now: tests swap sys.stderr
+        self.tty = self.stream.isatty()
         self.last_decile = -1
 
     def __call__(self, done: int, total: int, counts: dict[str, int]) -> None:

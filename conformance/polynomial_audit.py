@@ -19,17 +19,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 
-from ..accelerated import polynomial_features as pf
 from ..accelerated.polynomial_attention import PolynomialPlan, plan_polynomial_attention, weight_magnitude
 from ..reference.polynomial_exp import certified_cancellation_factor, certified_relative_error
 from ..reference.softmax_attention import enclose
 from ..spec import polynomial_attention as contract
 from ..spec.softmax_attention import SoftmaxAttentionInstance, make_instance
-from ..spec.validation import SpecError
 from .verdict import FAIL, PASS, judge
 
 

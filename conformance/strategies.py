@@ -2,10 +2,12 @@
 
 Import them in your own property tests::
 
-    from attnspec.conformance.strategies import softmax_instances
+    from attnspec.conformance.strategies import softmax_instances, tensor_instances, dynamic_state_machine
 
     @given(softmax_instances(max_n=32, bound=2.0))
     def test_my_kernel(inst): ...
+
+    TestMyStructure = dynamic_state_machine(MyDynamicStructure).TestCase
 
 Every drawn value is a validated :class:`~attnspec.spec.softmax_attention.SoftmaxAttentionInstance` whose
 inputs are exactly representable in the requested dtype. Draws are labelled, and the structural
@@ -73,3 +75,21 @@ def softmax_instances(
     elif structure == "identical_keys":
         k = np.repeat(k[:1], n, axis=0)
     return make_instance(q, k, v, scale=scale, bound=max(b, float(np.abs(np.concatenate([q, k, v])).max(initial=0.0))))
+
+
+def tensor_instances(max_n: int = 8, max_d: int = 4, orders: tuple[int, ...] = (3, 4), bound: float | None = None,
+                     dtype: str = "float64"):
+    """Tensor (k-th order) attention instances: see :func:`attnspec.conformance.tensor_attention.tensor_instances`."""
+    from .tensor_attention import tensor_instances as strategy
+
+    return strategy(max_n=max_n, max_d=max_d, orders=orders, bound=bound, dtype=dtype)
+
+
+def dynamic_state_machine(backend, normalised: bool = True, **kwargs):
+    """A hypothesis ``RuleBasedStateMachine`` driving a dynamic-attention structure factory through random
+    traces, every query judged by the certified engine: see
+    :func:`attnspec.conformance.dynamic_attention.dynamic_state_machine`. Use it as
+    ``TestMyStructure = dynamic_state_machine(MyStructure).TestCase``."""
+    from .dynamic_attention import dynamic_state_machine as machine
+
+    return machine(backend, normalised, **kwargs)
