@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
+from fractions import Fraction
+
 import numpy as np
 
 from .verdict import Verdict, judge
@@ -125,3 +127,22 @@ def judge_against(case: Any, output: Any, tolerance: Any, source: dict[str, Any]
     verdict.evidence["tolerance_source"] = source
     verdict.evidence["conditioning"] = conditioning
     return verdict
+
+
+def outside_declared_limits(caps: Any, *, d: int, max_entry: Fraction, scale: Fraction, order: int) -> str | None:
+    """Why a case lies outside what the backend declares about d and, for a contract (ε_a) backend,
+    about the entry bound B and the logit radius R = |s|·d·B^k (k = ``order``; the default limit B^k is
+    the papers' |s| ≤ 1/d); None when it lies inside."""
+    if caps.max_d is not None and d > caps.max_d:
+        return f"d = {d} exceeds declared max_d = {caps.max_d}"
+    if caps.contract_eps is None:
+        return None
+    if caps.bound is None:
+        return "contract backend declares no entry bound B"
+    if max_entry > Fraction(caps.bound):
+        return f"entries reach {float(max_entry):g} > declared bound B = {caps.bound:g}"
+    r_max = float(caps.bound) ** order if caps.max_logit_radius is None else float(caps.max_logit_radius)
+    radius = abs(float(scale)) * d * float(caps.bound) ** order
+    if radius > r_max * (1 + 2.0**-40):
+        return f"logit radius |s|·d·B^{order} = {radius:g} exceeds the contract's {r_max:g}"
+    return None

@@ -29,7 +29,8 @@ from ..reference.softmax_attention import enclose
 from ..spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
 from ..spec.validation import max_abs_exact
 from .backends import Capabilities
-from .case_common import ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against
+from .case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
+                          outside_declared_limits)
 from .precision_model import contract_tolerance, softmax_tolerance
 from .verdict import Verdict
 
@@ -202,18 +203,11 @@ def applicable(case: Case, caps: Capabilities) -> str | None:
         return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
     if caps.max_n is not None and case.instance.n > caps.max_n:
         return f"n = {case.instance.n} exceeds declared max_n = {caps.max_n}"
-    if caps.max_d is not None and case.instance.d > caps.max_d:
-        return f"d = {case.instance.d} exceeds declared max_d = {caps.max_d}"
-    if caps.contract_eps is not None and caps.bound is not None:
-        inst = case.instance
-        m = max(max_abs_exact(x) for x in (inst.q, inst.k, inst.v))
-        if m > Fraction(caps.bound):
-            return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
-        # the contract is claimed for logits in [−R_max, R_max]; R = |s|·d·B² is what the case allows
-        r_max = float(caps.bound) ** 2 if caps.max_logit_radius is None else float(caps.max_logit_radius)
-        radius = abs(float(inst.scale)) * inst.d * float(caps.bound) ** 2
-        if radius > r_max * (1 + 2.0**-40):
-            return f"logit radius |s|·d·B² = {radius:g} exceeds the contract's {r_max:g}"
+    inst = case.instance
+    reason = outside_declared_limits(caps, d=inst.d, max_entry=max(max_abs_exact(x) for x in (inst.q, inst.k, inst.v)),
+                                     scale=inst.scale, order=2)
+    if reason is not None:
+        return reason
     if caps.contract_eps is None:
         tol, _ = tolerance_for(case, caps)
         if not np.isfinite(tol).all():

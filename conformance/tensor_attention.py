@@ -38,7 +38,8 @@ from ..spec.tensor_attention import (
 )
 from ..spec.validation import max_abs_exact, to_float64
 from .backends import Capabilities
-from .case_common import ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against
+from .case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
+                          outside_declared_limits)
 from .precision_model import _EVAL_SLACK, SMALLEST_NORMAL, PrecisionModel, _gamma, contract_tolerance
 from .verdict import Verdict
 
@@ -273,11 +274,6 @@ def tensor_tolerance(inst: TensorAttentionInstance, model: PrecisionModel) -> np
     return tol * _EVAL_SLACK
 
 
-def contract_logit_radius(inst: TensorAttentionInstance, bound: float) -> float:
-    """R = |s|·d·B^k for the declared bound B: the logit range a contract backend must cover."""
-    return abs(float(inst.scale)) * inst.d * float(bound) ** inst.order
-
-
 # ---------------------------------------------------------------------------------------------
 # Calling and judging
 
@@ -301,19 +297,10 @@ def applicable(case: Case, caps: Capabilities) -> str | None:
         return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
     if caps.max_n is not None and inst.n > caps.max_n:
         return f"n = {inst.n} exceeds declared max_n = {caps.max_n}"
-    if caps.max_d is not None and inst.d > caps.max_d:
-        return f"d = {inst.d} exceeds declared max_d = {caps.max_d}"
-    if caps.contract_eps is not None:
-        if caps.bound is None:
-            return "contract backend declares no entry bound B"
-        m = max(max_abs_exact(x) for x in (inst.q, *inst.keys, *inst.values))
-        if m > Fraction(caps.bound):
-            return f"entries reach {float(m):g} > declared bound B = {caps.bound:g}"
-        r_max = float(caps.bound) ** inst.order if caps.max_logit_radius is None else float(caps.max_logit_radius)
-        radius = contract_logit_radius(inst, caps.bound)
-        if radius > r_max * (1 + 2.0**-40):
-            return f"logit radius |s|·d·B^k = {radius:g} exceeds the contract's {r_max:g}"
-        return None
+    reason = outside_declared_limits(caps, d=inst.d, max_entry=max(max_abs_exact(x) for x in (inst.q, *inst.keys, *inst.values)),
+                                     scale=inst.scale, order=inst.order)
+    if reason is not None or caps.contract_eps is not None:
+        return reason
     tol, _ = tolerance_for(case, caps)
     if not np.isfinite(tol).all():
         fmt = caps.precision_for(case.dtype).fmt
