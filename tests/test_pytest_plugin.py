@@ -100,3 +100,42 @@ def test_unloadable_backend_is_an_error_not_a_pass(pytester):
     assert result.ret != 0
     assert "passed" not in result.parseoutcomes()
     assert "missing compiled extension" in result.stdout.str()
+
+
+DYNAMIC_BROKEN = textwrap.dedent(
+    '''
+    from attnspec.accelerated.dynamic_attention import EagerDynamicAttention, LazyDynamicAttention
+
+    class Stale(EagerDynamicAttention):
+        """Forgets value updates entirely."""
+
+        def update_v(self, i, j, delta):
+            self._check_update("V", i, j, delta)
+
+    class Backend:
+        capabilities = {"problems": {"dynamic_attention"}, "dtypes": {"float64"}}
+
+        def __init__(self, broken=True):
+            self.broken = broken
+
+        def dynamic_attention(self, normalised=True):
+            return (Stale if self.broken else LazyDynamicAttention)(normalised=normalised)
+
+    def correct():
+        return Backend(broken=False)
+    '''
+)
+
+
+def test_dynamic_traces_are_items_for_a_dynamic_backend(pytester):
+    from attnspec.conformance.dynamic_attention import generate_cases as dynamic_cases
+
+    n_traces = len(dynamic_cases("quick"))
+    good = _backend(pytester, DYNAMIC_BROKEN, "correct")
+    # In a subprocess: an in-process pytester run would re-import numpy's extensions for the user module.
+    pytester.runpytest_subprocess("--attnspec-backend", good, "-q").assert_outcomes(passed=n_traces)
+    bad = _backend(pytester, DYNAMIC_BROKEN, "Backend")
+    result = pytester.runpytest_subprocess("--attnspec-backend", bad, "-q")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 1 and outcomes.get("passed", 0) + outcomes["failed"] == n_traces
+    result.stdout.fnmatch_lines(["*AssertionError: fail: query #*"])  # failed on a query, not by an error
