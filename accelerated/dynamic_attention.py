@@ -34,7 +34,7 @@ import math
 from typing import Any
 
 from ..spec.validation import SpecError
-from .array_namespace import array_namespace, native_module
+from .array_namespace import array_namespace, namespace_for, native_module
 
 HEADROOM = 64.0  # max logit − shift allowed before a row is rescaled (e^64 ≈ 6e27: no overflow)
 CANCEL = 2.0**-26  # a normaliser that shrank below this fraction of its old value is recomputed
@@ -72,8 +72,9 @@ class _DynamicBase:
 
     capabilities = CAPABILITIES
 
-    def __init__(self, normalised: bool = True):
+    def __init__(self, normalised: bool = True, device: str | None = None):
         self.normalised = bool(normalised)
+        self.device = device  # None: compute where Init's arrays live; "cpu"/"cuda": move them there
         self.q = None
 
     # -- validation ----------------------------------------------------------------------------
@@ -102,7 +103,7 @@ class _DynamicBase:
 
     def init(self, q, k, v, scale: float = 1.0) -> None:
         """Init(Q, K, V, scale): copies the inputs as float64 (the structure owns its state)."""
-        xp = array_namespace(q, k, v)
+        xp = array_namespace(q, k, v) if self.device is None else namespace_for(self.device)
         self.xp = xp
         q, k, v = (xp.asarray(x, dtype=xp.float64) for x in (q, k, v))
         for name, x in (("Q", q), ("K", k), ("V", v)):
@@ -269,8 +270,9 @@ class LazyDynamicAttention(_DynamicBase):
         D0 += ΔE·1;  E0[:, P] += ΔE;  V0[R] = V[R].
     """
 
-    def __init__(self, normalised: bool = True, tau: float = 0.5, period: int | None = None, spread: bool = False):
-        super().__init__(normalised)
+    def __init__(self, normalised: bool = True, tau: float = 0.5, period: int | None = None, spread: bool = False,
+                 device: str | None = None):
+        super().__init__(normalised, device)
         if period is None and not 0 < tau <= 1:
             raise SpecError(f"tau must lie in (0, 1], got {tau!r}")
         if period is not None and int(period) < 1:
@@ -438,8 +440,8 @@ class LazyDynamicAttention(_DynamicBase):
 class WorstCaseDynamicAttention(LazyDynamicAttention):
     """The lazy structure with each rebuild spread over the next b updates (⌈m/b⌉ rows per update)."""
 
-    def __init__(self, normalised: bool = True, tau: float = 0.5, period: int | None = None):
-        super().__init__(normalised, tau=tau, period=period, spread=True)
+    def __init__(self, normalised: bool = True, tau: float = 0.5, period: int | None = None, device: str | None = None):
+        super().__init__(normalised, tau=tau, period=period, spread=True, device=device)
 
 
 STRUCTURES = {

@@ -112,11 +112,8 @@ class AcceleratedBackend:
     def dynamic_attention(self, normalised: bool = True) -> Any:
         from ..accelerated.dynamic_attention import LazyDynamicAttention
 
-        structure = LazyDynamicAttention(normalised=normalised, tau=0.5)
-        if self._xp is not np:  # the suite hands numpy arrays; the structure computes on the device
-            plain_init = structure.init
-            structure.init = lambda q, k, v, scale=1.0: plain_init(*(self._to_device(x) for x in (q, k, v)), scale)
-        return structure
+        # the suite hands numpy arrays; the structure moves them to this backend's device at Init
+        return LazyDynamicAttention(normalised=normalised, tau=0.5, device=self._device)
 
 
 class PolynomialBackend:

@@ -189,3 +189,29 @@ def test_cupy_matches_numpy(name):
         (a.update_k if t % 3 else a.update_v)(i, j, 0.1 * (t % 7 - 3))
         (b.update_k if t % 3 else b.update_v)(i, j, 0.1 * (t % 7 - 3))
         assert abs(a.query(t % 30, j) - b.query(t % 30, j)) < 1e-12
+
+
+def test_device_argument_places_the_state():
+    rng = np.random.default_rng(11)
+    q, k, v = rng.uniform(-1, 1, (4, 3)), rng.uniform(-1, 1, (5, 3)), rng.uniform(-1, 1, (5, 2))
+    a, b = LazyDynamicAttention(True, tau=0.5, device="cpu"), LazyDynamicAttention(True, tau=0.5)
+    for s in (a, b):
+        s.init(q, k, v, 0.5)
+        s.update_k(1, 2, 0.25)
+    assert a.query(3, 1) == b.query(3, 1) and isinstance(a.k, np.ndarray)
+    with pytest.raises(SpecError, match="unknown device"):
+        LazyDynamicAttention(True, device="tpu").init(q, k, v, 0.5)
+
+
+@pytest.mark.gpu
+def test_cuda_device_takes_numpy_inputs():
+    import cupy
+
+    rng = np.random.default_rng(12)
+    q, k, v = rng.uniform(-1, 1, (6, 3)), rng.uniform(-1, 1, (7, 3)), rng.uniform(-1, 1, (7, 2))
+    on_gpu, on_cpu = LazyDynamicAttention(True, device="cuda"), LazyDynamicAttention(True)
+    for s in (on_gpu, on_cpu):
+        s.init(q, k, v, 0.5)
+        s.update_v(2, 1, -0.125)
+    assert isinstance(on_gpu.k, cupy.ndarray)
+    assert abs(on_gpu.query(5, 1) - on_cpu.query(5, 1)) < 1e-14
