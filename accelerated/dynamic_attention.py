@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..spec.validation import SpecError
+from ..spec.validation import SpecError, finite_real
 from .array_namespace import array_namespace, namespace_for, native_module
 
 HEADROOM = 64.0  # max logit − shift allowed before a row is rescaled (e^64 ≈ 6e27: no overflow)
@@ -91,16 +91,6 @@ class _DynamicBase:
             raise SpecError(f"{what} = {x} is out of range [0, {size})")
         return x
 
-    @staticmethod
-    def _delta(x: Any) -> float:
-        try:
-            f = float(x)
-        except (TypeError, ValueError, OverflowError):
-            raise SpecError(f"delta must be a finite real number, got {x!r}") from None
-        if not math.isfinite(f):
-            raise SpecError(f"delta must be finite, got {x!r}")
-        return f
-
     def init(self, q, k, v, scale: float = 1.0) -> None:
         """Init(Q, K, V, scale): copies the inputs as float64 (the structure owns its state)."""
         xp = array_namespace(q, k, v) if self.device is None else namespace_for(self.device)
@@ -115,7 +105,7 @@ class _DynamicBase:
             raise SpecError(f"Q and K must have the same number of columns d: {q.shape} vs {k.shape}")
         if k.shape[0] != v.shape[0]:
             raise SpecError(f"K and V must have the same number of rows n: {k.shape} vs {v.shape}")
-        self.scale = self._delta(scale)
+        self.scale = finite_real(scale, "scale")
         self.q, self.k, self.v = xp.asarray(q, copy=True), xp.asarray(k, copy=True), xp.asarray(v, copy=True)
         self.m_rows, self.n_keys = q.shape[0], k.shape[0]
         self.d, self.dv = k.shape[1], v.shape[1]
@@ -128,7 +118,7 @@ class _DynamicBase:
         self._require_init(f"update_{mat_name.lower()}")
         cols = self.d if mat_name == "K" else self.dv
         return (self._index(i, self.n_keys, f"update_{mat_name.lower()} row i"),
-                self._index(j, cols, f"update_{mat_name.lower()} column j"), self._delta(delta))
+                self._index(j, cols, f"update_{mat_name.lower()} column j"), finite_real(delta, "delta"))
 
     def _check_query(self, i, j) -> tuple[int, int]:
         self._require_init("query")

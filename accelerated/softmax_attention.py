@@ -38,13 +38,12 @@ from __future__ import annotations
 
 import math
 import os
-from numbers import Real
 from typing import Any
 
 import array_api_compat
 import numpy as np
 
-from ..spec.validation import SpecError
+from ..spec.validation import SpecError, finite_real
 from .array_namespace import array_namespace, native_module
 
 PROBLEM = "softmax_attention"
@@ -81,7 +80,7 @@ def softmax_attention(q: Any, k: Any, v: Any, *, scale: Any, block_size: int | N
     """
     xp = array_namespace(q, k, v)
     n, d, dv = _check_inputs(xp, q, k, v)
-    s = _finite_scale(scale)
+    s = finite_real(scale, "scale")
     kb = default_block_size(n) if block_size is None else _positive_int(block_size, "block_size")
     kb = min(kb, n)
     rb = max(1, min(n, TILE_ELEMENTS // kb))
@@ -219,27 +218,6 @@ def _dtype_name(xp, dtype) -> str:
         if dtype == getattr(xp, name):
             return name
     return str(dtype)
-
-
-def _finite_scale(scale: Any) -> float:
-    if isinstance(scale, (bool, np.bool_)) or not (isinstance(scale, Real) or _is_real_0d(scale)):
-        raise SpecError(f"scale must be a real number, got {type(scale).__name__}")
-    try:
-        s = float(scale)
-    except (OverflowError, TypeError, ValueError):
-        raise SpecError(f"scale must be a finite real number, got {scale!r}") from None
-    if not math.isfinite(s):
-        raise SpecError(f"scale must be finite, got {s!r}")
-    return s
-
-
-def _is_real_0d(x: Any) -> bool:
-    """A 0-d real array (numpy, CuPy, torch) is an acceptable scale."""
-    dtype = getattr(x, "dtype", None)
-    if getattr(x, "ndim", None) != 0 or dtype is None:
-        return False
-    kind = str(dtype)
-    return ("float" in kind or "int" in kind) and "complex" not in kind
 
 
 def _positive_int(x: Any, name: str) -> int:

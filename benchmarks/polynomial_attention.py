@@ -129,10 +129,7 @@ def plot(result: dict[str, Any], directory: str) -> list[str]:
     ax.set_ylabel("seconds (best of k)")
     ax.set_title(f"d={result['params']['d']}, B={result['params']['bound']}, eps={result['params']['eps']}")
     ax.legend()
-    path = os.path.join(directory, "attention_n_sweep.png")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(path)
+    paths.append(_save(plt, fig, directory, "attention_n_sweep.png"))
     b = result["b_sweep"]
     ok = [r for r in b["rows"] if "rank" in r]
     fig, ax1 = plt.subplots(figsize=(6, 4))
@@ -146,10 +143,7 @@ def plot(result: dict[str, Any], directory: str) -> list[str]:
     ax1.set_xlabel("entry bound B")
     ax1.set_title(f"n={b['n']}: polynomial method vs B (grey: refused)")
     ax1.legend()
-    path = os.path.join(directory, "attention_b_sweep.png")
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    paths.append(path)
+    paths.append(_save(plt, fig, directory, "attention_b_sweep.png"))
     return paths
 
 
@@ -195,3 +189,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 __all__ = ["register", "run_benchmark", "plot"]
+
+
+def _save(plt, fig, directory: str, name: str) -> str:
+    path = os.path.join(directory, name)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path

@@ -11,8 +11,9 @@ problem:
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
-from numbers import Rational
+from numbers import Rational, Real
 from typing import Any
 
 import numpy as np
@@ -127,3 +128,26 @@ def to_float64(x: np.ndarray) -> np.ndarray:
     if x.dtype == object:
         return np.array([[float(v) for v in row] for row in x], dtype=np.float64)
     return x.astype(np.float64, copy=False)
+
+
+def finite_real(x: Any, name: str) -> float:
+    """``x`` as a finite Python float, for real scalars: Python/NumPy reals and 0-d real arrays (numpy,
+    CuPy, torch). Booleans, complex numbers, strings and non-finite values raise :class:`SpecError`
+    naming ``name``."""
+    if isinstance(x, (bool, np.bool_)) or not (isinstance(x, Real) or _is_real_0d(x)):
+        raise SpecError(f"{name} must be a real number, got {type(x).__name__}")
+    try:
+        f = float(x)
+    except (OverflowError, TypeError, ValueError):
+        raise SpecError(f"{name} must be a finite real number, got {x!r}") from None
+    if not math.isfinite(f):
+        raise SpecError(f"{name} must be finite, got {f!r}")
+    return f
+
+
+def _is_real_0d(x: Any) -> bool:
+    dtype = getattr(x, "dtype", None)
+    if getattr(x, "ndim", None) != 0 or dtype is None:
+        return False
+    kind = str(dtype)
+    return ("float" in kind or "int" in kind) and "complex" not in kind
