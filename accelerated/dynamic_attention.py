@@ -33,8 +33,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..spec.validation import SpecError, finite_real
-from .array_namespace import array_namespace, namespace_for, native_module
+from attnspec.spec.validation import SpecError, finite_real
+from attnspec.accelerated.array_namespace import array_namespace, namespace_for, native_module
 
 HEADROOM = 64.0  # max logit − shift allowed before a row is rescaled (e^64 ≈ 6e27: no overflow)
 CANCEL = 2.0**-26  # a normaliser that shrank below this fraction of its old value is recomputed

@@ -11,7 +11,7 @@ Degree choice (:func:`plan_polynomial_attention`): the smallest degree whose des
 and float64 evaluation error η (bounded a priori from n, g, r and κ = e^R·Σ|c_t|Rᵗ) give the end-to-end
 bound of :func:`attnspec.spec.polynomial_attention.end_to_end_bound` ≤ ε_a. Parameters where no degree
 does (large R: η ≈ (n + r)·u·e^{2R}) are refused with :class:`SpecError` instead of returning garbage.
-The design ε is a dense-grid estimate; :mod:`attnspec.conformance.polynomial_audit` recomputes the
+The design ε is a dense-grid estimate; :mod:`attnspec.conformance.audits.polynomial_audit` recomputes the
 whole bound from Arb-certified ε and κ.
 """
 
@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..spec import polynomial_attention as contract
-from ..spec.validation import SpecError
-from . import polynomial_features as pf
-from .array_namespace import array_namespace
+from attnspec.spec import polynomial_attention as contract
+from attnspec.spec.validation import SpecError
+from attnspec.accelerated import polynomial_features as pf
+from attnspec.accelerated.array_namespace import array_namespace
 
 PROBLEM = "softmax_attention"
 # Rows of U₁ / U₂ formed at a time (bounds memory to CHUNK_ROWS·r numbers per factor).

@@ -42,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-from ..spec.validation import SpecError
-from .array_namespace import array_namespace
+from attnspec.spec.validation import SpecError
+from attnspec.accelerated.array_namespace import array_namespace
 
 UNIT_ROUNDOFF = 2.0**-53
 MAX_DEGREE = 64

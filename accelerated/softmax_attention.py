@@ -43,8 +43,8 @@ from typing import Any
 import array_api_compat
 import numpy as np
 
-from ..spec.validation import SpecError, finite_real
-from .array_namespace import array_namespace, native_module
+from attnspec.spec.validation import SpecError, finite_real
+from attnspec.accelerated.array_namespace import array_namespace, native_module
 
 PROBLEM = "softmax_attention"
 SUPPORTED_DTYPE_NAMES = ("float32", "float64")

@@ -29,7 +29,7 @@ import math
 from typing import Any, Sequence
 
 try:  # the package-wide namespace helper (numpy / CuPy / torch); fall back to array-api-compat
-    from .array_namespace import array_namespace
+    from attnspec.accelerated.array_namespace import array_namespace
 except ImportError:  # pragma: no cover - depends on which helper modules are present
     from array_api_compat import array_namespace
 
@@ -102,7 +102,7 @@ def tensor_attention(q, keys: Sequence[Any], values: Sequence[Any], *, scale: fl
 
 def polynomial_degree_and_eps(order: int, d: int, bound: float, scale: float, eps_a: float) -> tuple[float, float]:
     """(R, ε_rel) of the order-k polynomial method: R = |s|·d·B^k, ε_rel = ε_a / (2·B^{k−1})."""
-    from . import polynomial_features as pf
+    from attnspec.accelerated import polynomial_features as pf
 
     if not (bound > 0 and eps_a > 0):
         raise ValueError("bound and eps_a must be positive")
@@ -116,7 +116,7 @@ def polynomial_tensor_attention(q, keys: Sequence[Any], values: Sequence[Any], *
     of the exact output in every entry (up to the float64 evaluation error of the features, which is
     ≈ u·e^{2R} relative; digest §5.3).
     """
-    from . import polynomial_features as pf
+    from attnspec.accelerated import polynomial_features as pf
 
     keys, values = list(keys), list(values)
     _check_shapes(q, keys, values)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from ..accelerated.dynamic_attention import EagerDynamicAttention, LazyDynamicAttention, LazyRecomputeDynamicAttention
-from .timing import emit, fit_exponent, machine_description, time_call
+from attnspec.accelerated.dynamic_attention import EagerDynamicAttention, LazyDynamicAttention, LazyRecomputeDynamicAttention
+from attnspec.bench.timing import emit, fit_exponent, machine_description, time_call
 
 
 def _inputs(rng, n: int, d: int):

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from .timing import crossover, emit, fit_exponent, machine_description, time_call
+from attnspec.bench.timing import crossover, emit, fit_exponent, machine_description, time_call
 
 DEFAULT_NS = [2**k for k in range(10, 17)]
 DEFAULT_B_SWEEP = [0.25, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 3.5]
 
 
 def _exact_attention():
-    from ..accelerated.softmax_attention import softmax_attention
+    from attnspec.accelerated.softmax_attention import softmax_attention
 
     return softmax_attention
 
@@ -40,7 +40,7 @@ def _inputs(n: int, d: int, bound: float, seed: int = 0):
 
 
 def _time_poly(q, k, v, *, scale, bound, eps, repeats):
-    from ..accelerated.polynomial_attention import polynomial_attention
+    from attnspec.accelerated.polynomial_attention import polynomial_attention
 
     return time_call(lambda: polynomial_attention(q, k, v, scale=scale, bound=bound, eps=eps), repeats=repeats).best
 
@@ -54,8 +54,8 @@ def run_benchmark(ns: list[int], d: int, bound: float, eps: float, scale: float,
                   fit_min_n: int, b_sweep: list[float], b_sweep_n: int, repeats: int,
                   headline_n: int | None = None, poly_fit_min_n: int | None = None) -> dict[str, Any]:
     """All three parts; returns a JSON-ready dict (seconds are best-of-``repeats``)."""
-    from ..accelerated.polynomial_attention import plan_polynomial_attention
-    from ..spec.validation import SpecError
+    from attnspec.accelerated.polynomial_attention import plan_polynomial_attention
+    from attnspec.spec.validation import SpecError
 
     ns = sorted(set(int(n) for n in ns))
     n_top = ns[-1] if headline_n is None else int(headline_n)
@@ -168,7 +168,7 @@ def register(bench_sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ..spec.validation import SpecError
+    from attnspec.spec.validation import SpecError
 
     if min(args.n) < 1 or args.d < 1 or args.repeats < 1:
         print("attnspec bench attention: --n, --d and --repeats must be positive")

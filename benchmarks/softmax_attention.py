@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .timing import machine_description, peak_python_memory, time_call, emit
+from attnspec.bench.timing import machine_description, peak_python_memory, time_call, emit
 
 
 def side_by_side(fns: dict[str, Callable[[], Any]], repeats: int, sync: Callable[[], None] | None = None) -> dict[str, dict[str, float]]:
@@ -49,7 +49,7 @@ def _inputs(n: int, d: int, dtype, seed: int = 0):
 
 def cpu_vs_torch(n: int, d: int, repeats: int) -> dict[str, Any]:
     """(a) numpy accelerated vs torch SDPA on CPU, float64 and float32."""
-    from ..accelerated.softmax_attention import softmax_attention
+    from attnspec.accelerated.softmax_attention import softmax_attention
 
     try:
         import torch
@@ -83,8 +83,8 @@ def cpu_vs_torch(n: int, d: int, repeats: int) -> dict[str, Any]:
 
 def reference_timings(ref_n: int, d: int, mp_sizes: Sequence[tuple[int, int]]) -> dict[str, Any]:
     """(b) certified reference at ref_n; Arb vs mpmath on small sizes (their enclosures must intersect)."""
-    from ..reference.softmax_attention import enclose, enclose_mpmath
-    from ..spec.softmax_attention import make_instance, standard_scale
+    from attnspec.reference.softmax_attention import enclose, enclose_mpmath
+    from attnspec.spec.softmax_attention import make_instance, standard_scale
 
     q, k, v = _inputs(ref_n, d, np.float64, seed=1)
     inst = make_instance(q, k, v, scale=standard_scale(d, "1/sqrt(d)"))
@@ -111,8 +111,8 @@ def reference_timings(ref_n: int, d: int, mp_sizes: Sequence[tuple[int, int]]) -
 
 def gpu_vs_torch(n: int, d: int, repeats: int) -> dict[str, Any]:
     """(c) CuPy accelerated vs torch SDPA on the same GPU, when both are usable."""
-    from ..accelerated.array_namespace import namespace_for
-    from ..accelerated.softmax_attention import softmax_attention
+    from attnspec.accelerated.array_namespace import namespace_for
+    from attnspec.accelerated.softmax_attention import softmax_attention
 
     try:
         cp = namespace_for("cuda")

@@ -14,10 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from ..accelerated import polynomial_features as pf
-from ..accelerated.tensor_attention import polynomial_degree_and_eps, polynomial_tensor_attention, tensor_attention
-from ..spec.validation import SpecError
-from .timing import emit, fit_exponent, machine_description, time_call
+from attnspec.accelerated import polynomial_features as pf
+from attnspec.accelerated.tensor_attention import polynomial_degree_and_eps, polynomial_tensor_attention, tensor_attention
+from attnspec.spec.validation import SpecError
+from attnspec.bench.timing import emit, fit_exponent, machine_description, time_call
 
 
 def _instance(rng, n: int, d: int, bound: float, order: int):

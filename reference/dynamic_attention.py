@@ -20,8 +20,8 @@ from typing import Callable, Iterator
 
 from flint import arb, fmpq
 
-from ..spec.dynamic_attention import DynamicState, Op, Query, Trace
-from .enclosure import Enclosure, exact_arb, working_precision
+from attnspec.spec.dynamic_attention import DynamicState, Op, Query, Trace
+from attnspec.reference.enclosure import Enclosure, exact_arb, working_precision
 
 DEFAULT_PREC = 128
 

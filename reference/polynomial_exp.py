@@ -31,7 +31,7 @@ from typing import Sequence
 
 from flint import arb, arb_poly
 
-from .enclosure import arb_bounds_fraction, exact_arb, working_precision
+from attnspec.reference.enclosure import arb_bounds_fraction, exact_arb, working_precision
 
 TAYLOR_TERMS = 24
 DEFAULT_PREC = 192

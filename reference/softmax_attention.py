@@ -19,9 +19,9 @@ import mpmath
 import numpy as np
 from flint import arb, arb_mat
 
-from ..spec.softmax_attention import SoftmaxAttentionInstance
-from ..spec.validation import to_float64
-from .enclosure import Enclosure, arb_matrix, default_threads, exact_arb, exact_product, fraction_of, working_precision
+from attnspec.spec.softmax_attention import SoftmaxAttentionInstance
+from attnspec.spec.validation import to_float64
+from attnspec.reference.enclosure import Enclosure, arb_matrix, default_threads, exact_arb, exact_product, fraction_of, working_precision
 
 DEFAULT_PREC = 128
 

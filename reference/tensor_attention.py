@@ -29,9 +29,9 @@ import mpmath
 import numpy as np
 from flint import arb, arb_mat
 
-from ..spec.tensor_attention import TensorAttentionInstance, _abs_logit_row_max
-from .enclosure import Enclosure, arb_matrix, default_threads, exact_arb, working_precision
-from .softmax_attention import _interval_to_ball, _iv
+from attnspec.spec.tensor_attention import TensorAttentionInstance, _abs_logit_row_max
+from attnspec.reference.enclosure import Enclosure, arb_matrix, default_threads, exact_arb, working_precision
+from attnspec.reference.softmax_attention import _interval_to_ball, _iv
 
 DEFAULT_PREC = 128
 

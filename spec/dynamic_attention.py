@@ -43,7 +43,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from .validation import SpecError, as_exact_matrix, exact_scalar
+from attnspec.spec.validation import SpecError, as_exact_matrix, exact_scalar
 
 PROBLEM = "dynamic_attention"
 VARIANTS = {True: "odamv", False: "oamv"}

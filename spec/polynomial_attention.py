@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import SpecError, as_positive_bound, as_tolerance, exact_scalar
+from attnspec.spec.validation import SpecError, as_positive_bound, as_tolerance, exact_scalar
 
 PROBLEM = "softmax_attention"
 UNIT_ROUNDOFF = Fraction(1, 2**53)

@@ -34,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from .validation import (
+from attnspec.spec.validation import (
     SpecError,
     as_exact_matrix,
     as_positive_bound,

@@ -45,8 +45,8 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from .softmax_attention import standard_scale
-from .validation import (
+from attnspec.spec.softmax_attention import standard_scale
+from attnspec.spec.validation import (
     SpecError,
     as_exact_matrix,
     as_positive_bound,

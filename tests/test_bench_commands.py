@@ -11,7 +11,7 @@ import math
 
 import pytest
 
-from attnspec.conformance.cli import main
+from attnspec.conformance.frontends.cli import main
 
 
 def _bench(capsys, *argv):

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnspec.conformance import case_files
-from attnspec.conformance.backends import read_capabilities
-from attnspec.conformance.case_files import MANIFEST_SCHEMA, CaseFileError, load_case, save_case
-from attnspec.conformance.softmax_attention import Case, judge_case
+from attnspec.conformance.harness import case_files
+from attnspec.conformance.harness.backends import read_capabilities
+from attnspec.conformance.harness.case_files import MANIFEST_SCHEMA, CaseFileError, load_case, save_case
+from attnspec.conformance.judging.softmax_attention import Case, judge_case
 from attnspec.spec.softmax_attention import make_instance
 
 import helper_backends as hb

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from attnspec.conformance.cli import main
-from attnspec.conformance.problems import PROBLEM_MODULES, problem_module
-from attnspec.conformance.report import REPORT_SCHEMA, STATUSES
-from attnspec.conformance.softmax_attention import generate_cases
+from attnspec.conformance.frontends.cli import main
+from attnspec.conformance.judging.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.harness.report import REPORT_SCHEMA, STATUSES
+from attnspec.conformance.judging.softmax_attention import generate_cases
 
 import helper_backends as hb
 
@@ -60,7 +60,7 @@ def broken_run(broken_spec, tmp_path_factory):
 
 def test_reference_backend_exits_zero_in_a_real_process(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "attnspec.conformance.cli", "conform", "--backend", "reference",
+        [sys.executable, "-m", "attnspec.conformance.frontends.cli", "conform", "--backend", "reference",
          "--dtype", "float64", "--report", str(tmp_path / "r")],
         capture_output=True, text=True, timeout=300,
     )

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import Phase, settings
 from hypothesis.stateful import run_state_machine_as_test
 
-from attnspec.conformance.dynamic_attention import (
+from attnspec.conformance.judging.dynamic_attention import (
     NOT_APPLICABLE,
     DynamicChecker,
     History,

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from attnspec.conformance import builtin_backends as builtin
-from attnspec.conformance import dynamic_attention as dc
-from attnspec.conformance.backends import read_capabilities
-from attnspec.conformance.case_files import load_case, save_case
-from attnspec.conformance.cli import main
-from attnspec.conformance.isolation import InProcessRunner, resolve_method
-from attnspec.conformance.runner import judge_one, run_conformance
+from attnspec.conformance.harness import builtin_backends as builtin
+from attnspec.conformance.judging import dynamic_attention as dc
+from attnspec.conformance.harness.backends import read_capabilities
+from attnspec.conformance.harness.case_files import load_case, save_case
+from attnspec.conformance.frontends.cli import main
+from attnspec.conformance.harness.isolation import InProcessRunner, resolve_method
+from attnspec.conformance.harness.runner import judge_one, run_conformance
 from attnspec.spec.dynamic_attention import Query, UpdateK, UpdateV
 from attnspec.spec.validation import SpecError
 

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from attnspec.conformance.isolation import InProcessRunner, ProcessRunner, decode_payload, encode_payload
-from attnspec.conformance.runner import judge_one
-from attnspec.conformance.softmax_attention import Case
+from attnspec.conformance.harness.isolation import InProcessRunner, ProcessRunner, decode_payload, encode_payload
+from attnspec.conformance.harness.runner import judge_one
+from attnspec.conformance.judging.softmax_attention import Case
 from attnspec.spec.softmax_attention import make_instance
 
 import helper_backends as hb

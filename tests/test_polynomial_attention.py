@@ -15,7 +15,7 @@ from attnspec.accelerated.polynomial_attention import (
     plan_polynomial_attention,
     polynomial_attention,
 )
-from attnspec.conformance.polynomial_audit import certified_error, certify_configuration, generate_instances
+from attnspec.conformance.audits.polynomial_audit import certified_error, certify_configuration, generate_instances
 from attnspec.spec import polynomial_attention as contract
 from attnspec.spec.softmax_attention import make_instance
 from attnspec.spec.validation import SpecError

@@ -9,8 +9,8 @@ import pytest
 
 from attnspec.accelerated.polynomial_attention import PolynomialAttentionBackend
 from attnspec.accelerated.softmax_attention import softmax_attention
-from attnspec.conformance.cli import main
-from attnspec.conformance.polynomial_audit import audit_backend, certified_error, generate_instances
+from attnspec.conformance.frontends.cli import main
+from attnspec.conformance.audits.polynomial_audit import audit_backend, certified_error, generate_instances
 from attnspec.spec.softmax_attention import make_instance
 
 EPS = 1e-6

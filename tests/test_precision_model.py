@@ -14,9 +14,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnspec.conformance.precision_model import UNIT_ROUNDOFF, PrecisionModel, contract_tolerance, softmax_tolerance
-from attnspec.conformance.strategies import softmax_instances
-from attnspec.conformance.verdict import PASS, judge
+from attnspec.conformance.judging.precision_model import UNIT_ROUNDOFF, PrecisionModel, contract_tolerance, softmax_tolerance
+from attnspec.conformance.frontends.strategies import softmax_instances
+from attnspec.conformance.judging.verdict import PASS, judge
 from attnspec.reference.softmax_attention import enclose
 from attnspec.spec.softmax_attention import make_instance
 

@@ -16,7 +16,7 @@ from flint import arb
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attnspec.conformance.strategies import softmax_instances
+from attnspec.conformance.frontends.strategies import softmax_instances
 from attnspec.reference.enclosure import Enclosure, arb_bounds_fraction, fraction_of, working_precision
 from attnspec.reference.softmax_attention import enclose, enclose_mpmath
 from attnspec.spec.softmax_attention import make_instance

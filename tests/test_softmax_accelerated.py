@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 from attnspec.accelerated import softmax_attention as acc_mod
 from attnspec.accelerated.array_namespace import namespace_for, to_numpy
 from attnspec.accelerated.softmax_attention import default_block_size, rescale_count, softmax_attention
-from attnspec.conformance.verdict import judge
+from attnspec.conformance.judging.verdict import judge
 from attnspec.reference.softmax_attention import enclose
 from attnspec.spec.softmax_attention import make_instance
 from attnspec.spec.validation import SpecError
@@ -185,7 +185,7 @@ def test_matches_plain_float64_formula(dtype, block):
 def test_precision_model_covers_the_implementation():
     """The conformance precision model, told our rescale count, accepts our output (float32 case,
     where the model is tightest), with exp accuracy EXP_ULPS."""
-    from attnspec.conformance.precision_model import PrecisionModel, softmax_tolerance
+    from attnspec.conformance.judging.precision_model import PrecisionModel, softmax_tolerance
 
     n, block = 40, 6
     q, k, v = random_inputs(17, n, 5, 3, np.float32, magnitude=2.0)

@@ -2,10 +2,10 @@
 
 import pytest
 
-from attnspec.conformance.backends import read_capabilities
-from attnspec.conformance.isolation import InProcessRunner
-from attnspec.conformance.runner import judge_one
-from attnspec.conformance.softmax_attention import generate_cases
+from attnspec.conformance.harness.backends import read_capabilities
+from attnspec.conformance.harness.isolation import InProcessRunner
+from attnspec.conformance.harness.runner import judge_one
+from attnspec.conformance.judging.softmax_attention import generate_cases
 
 import softmax_catalogue as cat
 

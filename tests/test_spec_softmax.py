@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnspec.conformance.strategies import softmax_instances
+from attnspec.conformance.frontends.strategies import softmax_instances
 from attnspec.spec.softmax_attention import conditioning, logit_bound, make_instance, standard_scale
 from attnspec.spec.validation import SpecError
 

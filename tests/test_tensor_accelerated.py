@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from attnspec.accelerated.tensor_attention import default_block, tensor_attention
-from attnspec.conformance.precision_model import PrecisionModel
-from attnspec.conformance.tensor_attention import tensor_tolerance
-from attnspec.conformance.verdict import judge
+from attnspec.conformance.judging.precision_model import PrecisionModel
+from attnspec.conformance.judging.tensor_attention import tensor_tolerance
+from attnspec.conformance.judging.verdict import judge
 from attnspec.reference.tensor_attention import enclose
 from attnspec.spec.tensor_attention import make_instance
 

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from attnspec.accelerated.tensor_attention import polynomial_tensor_attention
-from attnspec.conformance import builtin_backends as builtin
-from attnspec.conformance import problems
-from attnspec.conformance import tensor_attention as tc
-from attnspec.conformance.backends import read_capabilities
-from attnspec.conformance.isolation import InProcessRunner
-from attnspec.conformance.precision_model import PrecisionModel, softmax_tolerance
-from attnspec.conformance.runner import judge_one
+from attnspec.conformance.harness import builtin_backends as builtin
+from attnspec.conformance.judging import problems
+from attnspec.conformance.judging import tensor_attention as tc
+from attnspec.conformance.harness.backends import read_capabilities
+from attnspec.conformance.harness.isolation import InProcessRunner
+from attnspec.conformance.judging.precision_model import PrecisionModel, softmax_tolerance
+from attnspec.conformance.harness.runner import judge_one
 from attnspec.spec.softmax_attention import make_instance as make_softmax
 from attnspec.spec.tensor_attention import make_instance
 

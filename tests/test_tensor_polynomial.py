@@ -6,7 +6,7 @@ import pytest
 from attnspec.accelerated import polynomial_features as pf
 from attnspec.accelerated.tensor_attention import polynomial_degree_and_eps, polynomial_tensor_attention
 from attnspec.bench.timing import peak_python_memory
-from attnspec.conformance.verdict import judge
+from attnspec.conformance.judging.verdict import judge
 from attnspec.reference.tensor_attention import enclose
 from attnspec.spec.tensor_attention import column_kronecker, make_instance
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
-from attnspec.conformance.tensor_attention import tensor_instances
+from attnspec.conformance.judging.tensor_attention import tensor_instances
 from attnspec.reference import softmax_attention as softmax_ref
 from attnspec.reference.tensor_attention import enclose, enclose_mpmath
 from attnspec.spec.softmax_attention import make_instance as make_softmax

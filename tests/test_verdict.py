@@ -15,7 +15,7 @@ from flint import arb, fmpq
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnspec.conformance.verdict import ERROR, FAIL, PASS, UNDECIDED, coerce_output, judge
+from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, coerce_output, judge
 from attnspec.reference.enclosure import Enclosure, working_precision
 from attnspec.reference.softmax_attention import enclose as softmax_enclose
 from attnspec.spec.softmax_attention import make_instance

@@ -18,17 +18,17 @@ import json
 import sys
 from typing import Any
 
-from ..spec.validation import SpecError
+from attnspec.spec.validation import SpecError
 
 
 def load_audited_backend(spec: str, *, eps: float, bound: float) -> Any:
     """The backend to audit: ``poly`` is the polynomial method with the audited (eps, bound); anything
-    else goes through the suite's loader (:func:`attnspec.conformance.backends.load_backend`)."""
+    else goes through the suite's loader (:func:`attnspec.conformance.harness.backends.load_backend`)."""
     if spec == "poly":
-        from ..accelerated.polynomial_attention import PolynomialAttentionBackend
+        from attnspec.accelerated.polynomial_attention import PolynomialAttentionBackend
 
         return PolynomialAttentionBackend(eps=eps, bound=bound)
-    from .backends import load_backend
+    from attnspec.conformance.harness.backends import load_backend
 
     return load_backend(spec)
 
@@ -54,7 +54,7 @@ def _usage(msg: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from . import polynomial_audit as audit
+    from attnspec.conformance.audits import polynomial_audit as audit
 
     if args.d < 1 or args.n < 1 or args.instances < 1:
         return _usage("--d, --n and --instances must be positive")

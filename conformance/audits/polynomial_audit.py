@@ -23,12 +23,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..accelerated.polynomial_attention import PolynomialPlan, plan_polynomial_attention, weight_magnitude
-from ..reference.polynomial_exp import certified_cancellation_factor, certified_relative_error
-from ..reference.softmax_attention import enclose
-from ..spec import polynomial_attention as contract
-from ..spec.softmax_attention import SoftmaxAttentionInstance, make_instance
-from .verdict import FAIL, PASS, judge
+from attnspec.accelerated.polynomial_attention import PolynomialPlan, plan_polynomial_attention, weight_magnitude
+from attnspec.reference.polynomial_exp import certified_cancellation_factor, certified_relative_error
+from attnspec.reference.softmax_attention import enclose
+from attnspec.spec import polynomial_attention as contract
+from attnspec.spec.softmax_attention import SoftmaxAttentionInstance, make_instance
+from attnspec.conformance.judging.verdict import FAIL, PASS, judge
 
 
 @dataclass(frozen=True)
@@ -194,7 +194,7 @@ def adversarial_instance(attention: Callable[..., Any], *, n: int, d: int, bound
     from hypothesis import strategies as st
     from hypothesis.extra.numpy import arrays
 
-    from ..accelerated.softmax_attention import softmax_attention
+    from attnspec.accelerated.softmax_attention import softmax_attention
 
     B = float(bound)
     elems = st.floats(-B, B, allow_nan=False, allow_infinity=False, width=64)
@@ -241,7 +241,7 @@ def audit_backend(backend: Any, *, eps: float, bound: float, scale: float | None
 def certified_errors_of_method(n: int, d: int, *, bound: float, scale: float, eps: float, seed: int = 0,
                                count: int = 4) -> list[tuple[str, ErrorInterval]]:
     """Certified actual error of the polynomial method on generated instances."""
-    from ..accelerated.polynomial_attention import polynomial_attention
+    from attnspec.accelerated.polynomial_attention import polynomial_attention
 
     out = []
     for name, q, k, v in generate_instances(n, d, bound, seed=seed, count=count):

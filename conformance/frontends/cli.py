@@ -13,8 +13,8 @@ import sys
 
 # (command modules registered at top level, bench modules registered under `attnspec bench`)
 COMMAND_MODULES = [
-    "attnspec.conformance.cli_conform",
-    "attnspec.conformance.cli_audit",
+    "attnspec.conformance.frontends.cli_conform",
+    "attnspec.conformance.frontends.cli_audit",
 ]
 BENCH_MODULES: list[str] = [
     "attnspec.bench.softmax_attention",

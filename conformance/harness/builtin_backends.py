@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .precision_model import PrecisionModel
+from attnspec.conformance.judging.precision_model import PrecisionModel
 
 SOFTMAX, TENSOR, DYNAMIC = "softmax_attention", "tensor_attention", "dynamic_attention"
 
@@ -33,14 +33,14 @@ class ReferenceBackend:
     }
 
     def attention(self, q, k, v, *, scale):
-        from ..reference.softmax_attention import enclose
-        from ..spec.softmax_attention import make_instance
+        from attnspec.reference.softmax_attention import enclose
+        from attnspec.spec.softmax_attention import make_instance
 
         return enclose(make_instance(q, k, v, scale=scale), 128).mid()
 
     def tensor_attention(self, q, keys, values, *, scale):
-        from ..reference.tensor_attention import enclose
-        from ..spec.tensor_attention import make_instance
+        from attnspec.reference.tensor_attention import enclose
+        from attnspec.spec.tensor_attention import make_instance
 
         return enclose(make_instance(q, keys, values, scale=scale), 128).mid()
 
@@ -52,8 +52,8 @@ class ReferenceDynamicStructure:
     """The exact ODAMV/OAMV state machine; Query answers the 128-bit enclosure's midpoint."""
 
     def __init__(self, normalised: bool = True):
-        from ..reference.dynamic_attention import DynamicReference
-        from ..spec.dynamic_attention import Init, Query, UpdateK, UpdateV
+        from attnspec.reference.dynamic_attention import DynamicReference
+        from attnspec.spec.dynamic_attention import Init, Query, UpdateK, UpdateV
 
         self.normalised = bool(normalised)
         self._ref = DynamicReference(self.normalised)
@@ -77,8 +77,8 @@ class AcceleratedBackend:
     attention, blocked tensor attention, and the lazy-update dynamic structure (τ = 1/2)."""
 
     def __init__(self, device: str = "cpu", block_size: int | None = None, tensor_block: int | None = 61):
-        from ..accelerated import softmax_attention as impl
-        from ..accelerated.array_namespace import namespace_for
+        from attnspec.accelerated import softmax_attention as impl
+        from attnspec.accelerated.array_namespace import namespace_for
 
         self._impl = impl
         self._xp = namespace_for(device)
@@ -103,14 +103,14 @@ class AcceleratedBackend:
         return self._to_host(self._impl.softmax_attention(*args, scale=scale, block_size=self._block_size))
 
     def tensor_attention(self, q, keys, values, *, scale):
-        from ..accelerated.tensor_attention import tensor_attention
+        from attnspec.accelerated.tensor_attention import tensor_attention
 
         out = tensor_attention(self._to_device(q), [self._to_device(x) for x in keys], [self._to_device(x) for x in values],
                                scale=scale, block_size=self._tensor_block)
         return self._to_host(out)
 
     def dynamic_attention(self, normalised: bool = True) -> Any:
-        from ..accelerated.dynamic_attention import LazyDynamicAttention
+        from attnspec.accelerated.dynamic_attention import LazyDynamicAttention
 
         # the suite hands numpy arrays; the structure moves them to this backend's device at Init
         return LazyDynamicAttention(normalised=normalised, tau=0.5, device=self._device)
@@ -121,7 +121,7 @@ class PolynomialBackend:
     output entry within ``eps`` (ε_a) of the exact one when all entries lie in [−``bound``, ``bound``]."""
 
     def __init__(self, eps: float = 1e-6, bound: float = 1.0):
-        from ..accelerated.polynomial_attention import PolynomialAttentionBackend
+        from attnspec.accelerated.polynomial_attention import PolynomialAttentionBackend
 
         self._softmax = PolynomialAttentionBackend(eps=eps, bound=bound)
         self.eps, self.bound = float(eps), float(bound)
@@ -139,7 +139,7 @@ class PolynomialBackend:
         return self._softmax.attention(q, k, v, scale=scale)
 
     def tensor_attention(self, q, keys, values, *, scale):
-        from ..accelerated.tensor_attention import polynomial_tensor_attention
+        from attnspec.accelerated.tensor_attention import polynomial_tensor_attention
 
         return polynomial_tensor_attention(q, keys, values, scale=scale, bound=self.bound, eps=self.eps)
 

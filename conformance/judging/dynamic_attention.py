@@ -5,7 +5,7 @@ returning a fresh structure with ``init(q, k, v, scale)``, ``update_k(i, j, δ)`
 and ``query(i, j) -> float``. Arrays handed to ``init`` are float64 numpy arrays; δ are Python floats.
 Optional structure attributes the stateful tests use: ``rebuild_period`` (b) and ``pending_updates``.
 
-Every Query is judged by the certified engine :func:`attnspec.conformance.verdict.judge` as a 1×1 output
+Every Query is judged by the certified engine :func:`attnspec.conformance.judging.verdict.judge` as a 1×1 output
 against the exact reference (:mod:`attnspec.reference.dynamic_attention`), with the float64 precision
 model :func:`dynamic_tolerance` (derived in docs/dynamic-attention.md). Traces whose tolerance would be
 vacuous (≥ ‖V‖ for ODAMV, i.e. any convex combination would pass) report ``not_applicable``.
@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from ..reference.dynamic_attention import DynamicReference
-from ..spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
-from ..spec.validation import SpecError, to_float64
-from .case_common import ConformanceCase
-from .verdict import ERROR, FAIL, PASS, UNDECIDED, Verdict, judge
+from attnspec.reference.dynamic_attention import DynamicReference
+from attnspec.spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
+from attnspec.spec.validation import SpecError, to_float64
+from attnspec.conformance.judging.case_common import ConformanceCase
+from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, Verdict, judge
 
 U64 = 2.0**-53
 NOT_APPLICABLE = "not_applicable"
@@ -386,7 +386,7 @@ def dynamic_state_machine(backend: Any, normalised: bool = True, *, max_n: int =
 # ``dynamic_attention``): a case is a whole trace, run in the backend's worker process by
 # :func:`drive_trace` and judged here query by query.
 
-METHOD = "driver:attnspec.conformance.dynamic_attention:drive_trace"
+METHOD = "driver:attnspec.conformance.judging.dynamic_attention:drive_trace"
 PROFILES = ("quick", "thorough")
 OP_CODES = {"update_k": 0, "update_v": 1, "query": 2}
 _OP_CLASSES = {0: UpdateK, 1: UpdateV, 2: Query}
@@ -540,13 +540,13 @@ def instance_arrays(trace: Trace) -> dict[str, np.ndarray]:
 
 
 def instance_params(trace: Trace) -> dict[str, Any]:
-    from ..spec.dynamic_attention import encode_exact
+    from attnspec.spec.dynamic_attention import encode_exact
 
     return {"normalised": bool(trace.normalised), "scale": encode_exact(trace.ops[0].scale)}
 
 
 def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Trace:
-    from ..spec.dynamic_attention import decode_exact
+    from attnspec.spec.dynamic_attention import decode_exact
 
     missing = {"q", "k", "v", "ops"} - set(arrays)
     if missing:

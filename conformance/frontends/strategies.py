@@ -2,7 +2,7 @@
 
 Import them in your own property tests::
 
-    from attnspec.conformance.strategies import softmax_instances, tensor_instances, dynamic_state_machine
+    from attnspec.conformance.frontends.strategies import softmax_instances, tensor_instances, dynamic_state_machine
 
     @given(softmax_instances(max_n=32, bound=2.0))
     def test_my_kernel(inst): ...
@@ -22,7 +22,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from ..spec.softmax_attention import SoftmaxAttentionInstance, make_instance, standard_scale
+from attnspec.spec.softmax_attention import SoftmaxAttentionInstance, make_instance, standard_scale
 
 _FLOAT_WIDTH = {"float64": 64, "float32": 32, "float16": 16}
 
@@ -79,8 +79,8 @@ def softmax_instances(
 
 def tensor_instances(max_n: int = 8, max_d: int = 4, orders: tuple[int, ...] = (3, 4), bound: float | None = None,
                      dtype: str = "float64"):
-    """Tensor (k-th order) attention instances: see :func:`attnspec.conformance.tensor_attention.tensor_instances`."""
-    from .tensor_attention import tensor_instances as strategy
+    """Tensor (k-th order) attention instances: see :func:`attnspec.conformance.judging.tensor_attention.tensor_instances`."""
+    from attnspec.conformance.judging.tensor_attention import tensor_instances as strategy
 
     return strategy(max_n=max_n, max_d=max_d, orders=orders, bound=bound, dtype=dtype)
 
@@ -88,8 +88,8 @@ def tensor_instances(max_n: int = 8, max_d: int = 4, orders: tuple[int, ...] = (
 def dynamic_state_machine(backend, normalised: bool = True, **kwargs):
     """A hypothesis ``RuleBasedStateMachine`` driving a dynamic-attention structure factory through random
     traces, every query judged by the certified engine: see
-    :func:`attnspec.conformance.dynamic_attention.dynamic_state_machine`. Use it as
+    :func:`attnspec.conformance.judging.dynamic_attention.dynamic_state_machine`. Use it as
     ``TestMyStructure = dynamic_state_machine(MyStructure).TestCase``."""
-    from .dynamic_attention import dynamic_state_machine as machine
+    from attnspec.conformance.judging.dynamic_attention import dynamic_state_machine as machine
 
     return machine(backend, normalised, **kwargs)

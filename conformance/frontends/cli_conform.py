@@ -8,10 +8,10 @@ import shlex
 import sys
 from typing import Any
 
-from .backends import BackendLoadError, available_backends, load_backend, read_capabilities
-from .case_files import CaseFileError, load_case
-from .isolation import ProcessRunner
-from .runner import judge_one, run_conformance
+from attnspec.conformance.harness.backends import BackendLoadError, available_backends, load_backend, read_capabilities
+from attnspec.conformance.harness.case_files import CaseFileError, load_case
+from attnspec.conformance.harness.isolation import ProcessRunner
+from attnspec.conformance.harness.runner import judge_one, run_conformance
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 

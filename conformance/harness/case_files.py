@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .problems import problem_module
+from attnspec.conformance.judging.problems import problem_module
 
 MANIFEST_SCHEMA = "attnspec.case/1"
 _MAX_MANIFEST_BYTES = 16 * 2**20

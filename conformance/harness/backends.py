@@ -22,18 +22,18 @@ import sys
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from .precision_model import PrecisionModel
+from attnspec.conformance.judging.precision_model import PrecisionModel
 
 ENTRY_POINT_GROUP = "attnspec.backends"
 
 # Built-ins are also listed here so that they work without installed entry-point metadata
 # (running from a source checkout).
 BUILTIN_BACKENDS = {
-    "reference": "attnspec.conformance.builtin_backends:reference_backend",
-    "numpy": "attnspec.conformance.builtin_backends:numpy_backend",
-    "cupy": "attnspec.conformance.builtin_backends:cupy_backend",
-    "torch": "attnspec.conformance.builtin_backends:torch_backend",
-    "poly": "attnspec.conformance.builtin_backends:poly_backend",
+    "reference": "attnspec.conformance.harness.builtin_backends:reference_backend",
+    "numpy": "attnspec.conformance.harness.builtin_backends:numpy_backend",
+    "cupy": "attnspec.conformance.harness.builtin_backends:cupy_backend",
+    "torch": "attnspec.conformance.harness.builtin_backends:torch_backend",
+    "poly": "attnspec.conformance.harness.builtin_backends:poly_backend",
 }
 
 PROBLEM_METHODS = {

@@ -12,9 +12,9 @@ import importlib
 from types import ModuleType
 
 PROBLEM_MODULES = {
-    "softmax_attention": "attnspec.conformance.softmax_attention",
-    "tensor_attention": "attnspec.conformance.tensor_attention",
-    "dynamic_attention": "attnspec.conformance.dynamic_attention",
+    "softmax_attention": "attnspec.conformance.judging.softmax_attention",
+    "tensor_attention": "attnspec.conformance.judging.tensor_attention",
+    "dynamic_attention": "attnspec.conformance.judging.dynamic_attention",
 }
 
 

@@ -27,8 +27,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..reference.tensor_attention import enclose
-from ..spec.tensor_attention import (
+from attnspec.reference.tensor_attention import enclose
+from attnspec.spec.tensor_attention import (
     PROBLEM,
     TensorAttentionInstance,
     _abs_logit_row_max,
@@ -36,12 +36,12 @@ from ..spec.tensor_attention import (
     make_instance,
     standard_scale,
 )
-from ..spec.validation import max_abs_exact, to_float64
-from .backends import Capabilities
-from .case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
+from attnspec.spec.validation import max_abs_exact, to_float64
+from attnspec.conformance.harness.backends import Capabilities
+from attnspec.conformance.judging.case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
                           outside_declared_limits)
-from .precision_model import _EVAL_SLACK, SMALLEST_NORMAL, PrecisionModel, _gamma, contract_tolerance
-from .verdict import Verdict
+from attnspec.conformance.judging.precision_model import _EVAL_SLACK, SMALLEST_NORMAL, PrecisionModel, _gamma, contract_tolerance
+from attnspec.conformance.judging.verdict import Verdict
 
 METHOD = "tensor_attention"
 PROFILES = ("quick", "thorough")

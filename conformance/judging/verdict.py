@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..reference.enclosure import Enclosure, arb_bounds_fraction
+from attnspec.reference.enclosure import Enclosure, arb_bounds_fraction
 
 PASS, FAIL, UNDECIDED, ERROR = "pass", "fail", "undecided", "error"
 

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from .backends import backend_identity
-from .case_files import CaseFileError, load_case, save_case
-from .isolation import InProcessRunner, ProcessRunner
-from .problems import PROBLEM_MODULES, problem_module
-from .report import ReportWriter
-from .verdict import ERROR, FAIL, PASS, UNDECIDED
+from attnspec.conformance.harness.backends import backend_identity
+from attnspec.conformance.harness.case_files import CaseFileError, load_case, save_case
+from attnspec.conformance.harness.isolation import InProcessRunner, ProcessRunner
+from attnspec.conformance.judging.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.harness.report import ReportWriter
+from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED
 
 NOT_APPLICABLE = "not_applicable"
 

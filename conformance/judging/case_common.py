@@ -15,7 +15,7 @@ from fractions import Fraction
 
 import numpy as np
 
-from .verdict import Verdict, judge
+from attnspec.conformance.judging.verdict import Verdict, judge
 
 
 @dataclass

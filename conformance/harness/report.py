@@ -48,7 +48,7 @@ def environment() -> dict[str, Any]:
         m = sys.modules.get(mod)
         if m is not None:
             env[mod if mod != "flint" else "python-flint"] = getattr(m, "__version__", "?")
-    from .. import __version__
+    from attnspec import __version__
 
     env["attnspec"] = __version__
     return env

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from attnspec.conformance.isolation import InProcessRunner, ProcessRunner
-from attnspec.conformance.problems import PROBLEM_MODULES, problem_module
-from attnspec.conformance.runner import NOT_APPLICABLE, judge_one
+from attnspec.conformance.harness.isolation import InProcessRunner, ProcessRunner
+from attnspec.conformance.judging.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.harness.runner import NOT_APPLICABLE, judge_one
 
 
 _RUNNER = pytest.StashKey()

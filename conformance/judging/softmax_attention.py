@@ -25,14 +25,14 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..reference.softmax_attention import enclose
-from ..spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
-from ..spec.validation import max_abs_exact
-from .backends import Capabilities
-from .case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
+from attnspec.reference.softmax_attention import enclose
+from attnspec.spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
+from attnspec.spec.validation import max_abs_exact
+from attnspec.conformance.harness.backends import Capabilities
+from attnspec.conformance.judging.case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
                           outside_declared_limits)
-from .precision_model import contract_tolerance, softmax_tolerance
-from .verdict import Verdict
+from attnspec.conformance.judging.precision_model import contract_tolerance, softmax_tolerance
+from attnspec.conformance.judging.verdict import Verdict
 
 METHOD = "attention"
 PROFILES = ("quick", "thorough")
@@ -178,8 +178,8 @@ def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",
 
 
 def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
-    """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.strategies.softmax_instances`."""
-    from .strategies import softmax_instances
+    """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.frontends.strategies.softmax_instances`."""
+    from attnspec.conformance.frontends.strategies import softmax_instances
 
     drawn = derandomized_draws(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype), count)
     return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]

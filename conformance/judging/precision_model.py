@@ -23,8 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..spec.softmax_attention import SoftmaxAttentionInstance
-from ..spec.validation import to_float64
+from attnspec.spec.softmax_attention import SoftmaxAttentionInstance
+from attnspec.spec.validation import to_float64
 
 UNIT_ROUNDOFF = {
     "float64": 2.0**-53,

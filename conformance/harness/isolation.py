@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import Capabilities, load_backend, read_capabilities
+from attnspec.conformance.harness.backends import Capabilities, load_backend, read_capabilities
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Audits of approximation algorithms' claimed error bounds."""

@@ -1,0 +1,1 @@
+"""Front ends: the ``attnspec`` CLI, the pytest plugin and the public hypothesis strategies."""

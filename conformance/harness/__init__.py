@@ -1,0 +1,1 @@
+"""The harness: backends, isolation, the runner, reports and case files."""

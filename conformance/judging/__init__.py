@@ -1,0 +1,1 @@
+"""Judging: certified verdicts, precision-model tolerances and the problem plug-ins."""
