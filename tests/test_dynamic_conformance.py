@@ -14,12 +14,11 @@ from hypothesis.stateful import run_state_machine_as_test
 from attnspec.conformance.judging.dynamic_attention import (
     NOT_APPLICABLE,
     DynamicChecker,
-    History,
     dynamic_state_machine,
-    dynamic_tolerance,
     replay_trace,
     run_trace,
 )
+from attnspec.conformance.judging.precision_model import History, dynamic_tolerance
 from attnspec.spec.dynamic_attention import Init, Query, Trace, UpdateK, UpdateV
 from dynamic_broken_backends import BROKEN, CORRECT, ODAMV_ONLY
 

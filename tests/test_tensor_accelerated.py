@@ -5,7 +5,7 @@ import pytest
 
 from attnspec.accelerated.tensor_attention import default_block, tensor_attention
 from attnspec.conformance.judging.precision_model import PrecisionModel
-from attnspec.conformance.judging.tensor_attention import tensor_tolerance
+from attnspec.conformance.judging.precision_model import tensor_tolerance
 from attnspec.conformance.judging.verdict import judge
 from attnspec.reference.tensor_attention import enclose
 from attnspec.spec.tensor_attention import make_instance

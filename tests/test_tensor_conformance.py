@@ -11,7 +11,7 @@ from attnspec.conformance.judging import problems
 from attnspec.conformance.judging import tensor_attention as tc
 from attnspec.conformance.harness.backends import read_capabilities
 from attnspec.conformance.harness.isolation import InProcessRunner
-from attnspec.conformance.judging.precision_model import PrecisionModel, softmax_tolerance
+from attnspec.conformance.judging.precision_model import PrecisionModel, softmax_tolerance, tensor_tolerance
 from attnspec.conformance.harness.runner import judge_one
 from attnspec.spec.softmax_attention import make_instance as make_softmax
 from attnspec.spec.tensor_attention import make_instance
@@ -115,7 +115,7 @@ def test_order_two_tolerance_equals_softmax_precision_model():
     rng = np.random.default_rng(0)
     q, k, v = (rng.uniform(-2, 2, (9, 4)) for _ in range(3))
     for model in (PrecisionModel("float64"), PrecisionModel("float32", max_rescales=3), PrecisionModel("float64", exact_rounded=True)):
-        a = tc.tensor_tolerance(make_instance(q, [k], [v], scale=0.3), model)
+        a = tensor_tolerance(make_instance(q, [k], [v], scale=0.3), model)
         b = softmax_tolerance(make_softmax(q, k, v, scale=0.3), model)
         assert np.allclose(a, b, rtol=1e-12, atol=0)
 
@@ -124,9 +124,9 @@ def test_tolerance_grows_with_tuples_and_logits():
     rng = np.random.default_rng(1)
     q, k1, k2, v1, v2 = (rng.uniform(-1, 1, (6, 3)) for _ in range(5))
     m = PrecisionModel("float64")
-    small = tc.tensor_tolerance(make_instance(q, [k1, k2], [v1, v2], scale=0.1), m)
-    sharp = tc.tensor_tolerance(make_instance(q, [k1, k2], [v1, v2], scale=100.0), m)
-    order4 = tc.tensor_tolerance(make_instance(q, [k1, k2, k1], [v1, v2, v1], scale=0.1), m)
+    small = tensor_tolerance(make_instance(q, [k1, k2], [v1, v2], scale=0.1), m)
+    sharp = tensor_tolerance(make_instance(q, [k1, k2], [v1, v2], scale=100.0), m)
+    order4 = tensor_tolerance(make_instance(q, [k1, k2, k1], [v1, v2, v1], scale=0.1), m)
     assert (sharp > small).all() and (small > 0).all()
     assert order4.max() > small.max() * 2  # 216 tuples instead of 36
 

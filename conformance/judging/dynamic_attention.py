@@ -17,9 +17,8 @@ drives any backend through random traces.
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,9 @@ from attnspec.reference.dynamic_attention import DynamicReference
 from attnspec.spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
 from attnspec.spec.validation import SpecError, to_float64
 from attnspec.conformance.judging.case_common import ConformanceCase
+from attnspec.conformance.judging.precision_model import History, dynamic_tolerance, vacuous
 from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, Verdict, judge
 
-U64 = 2.0**-53
 NOT_APPLICABLE = "not_applicable"
 FAILURE_DIR_ENV = "ATTNSPEC_DYNAMIC_FAILURES"
 
@@ -49,98 +48,6 @@ def make_structure(backend: Any, normalised: bool) -> Any:
     if bool(declared) != bool(normalised):
         raise SpecError(f"backend built a {VARIANTS[bool(declared)]} structure when {VARIANTS[normalised]} was asked")
     return s
-
-
-# ---------------------------------------------------------------------------------------------
-# Precision model
-
-
-@dataclass
-class History:
-    """Magnitudes over every state reached since Init (float64, padded outward): the inputs of the
-    precision model. ``logit_lo/hi`` bound every logit s⟨q_r, k_l⟩ ever present."""
-
-    n: int = 0
-    d: int = 0
-    scale: float = 1.0
-    q_l1: float = 0.0
-    k_max: float = 0.0
-    v_max: float = 0.0
-    logit_lo: float = math.inf
-    logit_hi: float = -math.inf
-    updates_k: int = 0
-    updates_v: int = 0
-    _q: np.ndarray | None = field(default=None, repr=False)
-
-    def _logit_pad(self) -> float:
-        # float64 evaluation error of s·Q k (γ_{d+1}·|s|·‖q‖₁·max|k|) plus a relative margin
-        return 2 * (self.d + 2) * U64 * abs(self.scale) * self.q_l1 * self.k_max + 1e-300
-
-    def _see_logits(self, logits: np.ndarray) -> None:
-        pad = self._logit_pad()
-        self.logit_lo = min(self.logit_lo, float(logits.min()) - pad)
-        self.logit_hi = max(self.logit_hi, float(logits.max()) + pad)
-
-    def start(self, state) -> None:
-        q, k, v = (to_float64(x) for x in (state.q, state.k, state.v))
-        self._q = q
-        self.n, self.d, self.scale = k.shape[0], k.shape[1], float(state.scale)
-        self.q_l1 = float(np.abs(q).sum(axis=1).max())
-        self.k_max = float(np.abs(k).max())
-        self.v_max = float(np.abs(v).max())
-        self._see_logits(self.scale * (q @ k.T))
-
-    def see(self, op: Op, state) -> None:
-        if isinstance(op, UpdateK):
-            self.updates_k += 1
-            row = np.array([float(x) for x in state.k[op.i]])
-            self.k_max = max(self.k_max, float(np.abs(row).max()))
-            self._see_logits(self.scale * (self._q @ row))
-        elif isinstance(op, UpdateV):
-            self.updates_v += 1
-            self.v_max = max(self.v_max, abs(float(state.v[op.i, op.j])))
-
-
-def dynamic_tolerance(h: History, normalised: bool) -> float:
-    """Float64 forward-error tolerance for one query (docs/dynamic-attention.md, "Tolerance").
-
-    With U = U_K + U_V updates since Init, T = n + 3U + 2 terms at most in any maintained sum,
-        Δℓ  = |s|·‖q‖₁·K̄·(d + 2 + 2U_K)·u                  (logit error, K rounding included)
-        ε_w = (1 + 4u)·e^{Δℓ} − 1 + 2u·(U + 1)             (weight error, rescalings included)
-        η   = (γ_T + ε_w + (U_V + 1)·u)·(T/n)·e^{ℓ_hi − ℓ_lo}
-    ODAMV: τ = 2ηV̄/(1 − η) + 2uV̄  (∞ when η ≥ 1/2);   OAMV: τ = (η·n + (|ℓ|max + 4)·n·u)·e^{ℓ_hi}·V̄.
-    The result is doubled for the float evaluation of this formula itself.
-    """
-    u = U64
-    big_u = h.updates_k + h.updates_v
-    t = h.n + 3 * big_u + 2
-    gamma_t = t * u / (1 - t * u)
-    dl = abs(h.scale) * h.q_l1 * h.k_max * (h.d + 2 + 2 * h.updates_k) * u
-    eps_w = (1 + 4 * u) * math.exp(dl) - 1 + 2 * u * (big_u + 1)
-    span = h.logit_hi - h.logit_lo
-    if span > 700:
-        return math.inf
-    eta = (gamma_t + eps_w + (h.updates_v + 1) * u) * (t / h.n) * math.exp(span)
-    vbar = h.v_max
-    if normalised:
-        if eta >= 0.5:
-            return math.inf
-        tol = 2 * eta * vbar / (1 - eta) + 2 * u * vbar
-    else:
-        if h.logit_hi > 700:
-            return math.inf
-        lmax = max(abs(h.logit_hi), abs(h.logit_lo))
-        tol = (eta * h.n + (lmax + 4) * h.n * u) * math.exp(h.logit_hi) * vbar
-    return 2 * tol
-
-
-def vacuous(tol: float, h: History, normalised: bool) -> bool:
-    """True when the tolerance cannot tell answers apart (any value of the right size would pass)."""
-    if not math.isfinite(tol):
-        return True
-    if normalised:
-        return h.v_max > 0 and tol >= h.v_max
-    return h.v_max > 0 and tol >= h.n * math.exp(h.logit_hi) * h.v_max  # ≥ the largest possible |AV|
 
 
 # ---------------------------------------------------------------------------------------------
@@ -622,5 +529,5 @@ def _slug(s: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in s)[:80]
 
 
-__all__ = ["PROBLEM", "make_structure", "History", "dynamic_tolerance", "DynamicChecker", "QueryVerdict",
+__all__ = ["PROBLEM", "make_structure", "DynamicChecker", "QueryVerdict",
            "TraceResult", "run_trace", "replay_trace", "dynamic_state_machine", "NOT_APPLICABLE"]

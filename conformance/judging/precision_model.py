@@ -19,11 +19,13 @@ term covers operations in the subnormal range (absolute errors, flush-to-zero in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from attnspec.spec.dynamic_attention import Op, UpdateK, UpdateV
 from attnspec.spec.softmax_attention import SoftmaxAttentionInstance
+from attnspec.spec.tensor_attention import TensorAttentionInstance, _abs_logit_row_max
 from attnspec.spec.validation import to_float64
 
 UNIT_ROUNDOFF = {
@@ -112,3 +114,144 @@ def contract_tolerance(eps: float, shape: tuple[int, ...]) -> np.ndarray:
     if not eps > 0:
         raise ValueError("contract eps must be positive")
     return np.full(shape, float(eps))
+
+
+# ---------------------------------------------------------------------------------------------
+# Tensor (k-th order) attention
+
+
+def value_column_norms(inst: TensorAttentionInstance) -> np.ndarray:
+    """‖(V₁⊘…⊘V_{k−1})[:, l]‖∞ = Π_m ‖V_m[:, l]‖∞ per column, rounded up from float64."""
+    norms = np.ones(inst.output_shape[1])
+    for v in inst.values:
+        norms = norms * np.abs(to_float64(v)).max(axis=0)
+    return norms * (1 + len(inst.values) * 2.0**-52)
+
+
+def tensor_tolerance(inst: TensorAttentionInstance, model: PrecisionModel) -> np.ndarray:
+    """Per-entry precision-model tolerance τ_il (derivation: docs/tensor-attention.md).
+
+    With N = n^{k−1} key tuples, S_i = |s|·max_J Σ_t |q_it Π_m K_m[j_m,t]|, u the unit roundoff:
+
+        Δ_i = γ_{d+k+2} S_i,   W_i = 2(S_i + Δ_i)
+        α_i = exp(Δ_i + 2u W_i)·(1 + 2cu)^{R+1}·(1 + u)^{R+N+k} − 1
+        τ_il = ‖V⊘[:, l]‖∞ ([2α_i + 2u(1 + α_i)]/(1 − α_i) + 2Nλ) + ((k+1)N + 4)λ   (∞ if α_i ≥ 1/2)
+
+    k = 2 reproduces the softmax model exactly. R = rescalings (N when unknown), c = exp ulps.
+    """
+    d, k = inst.d, inst.order
+    big_n = inst.num_tuples
+    u = model.u
+    lam = SMALLEST_NORMAL[model.fmt]
+    col_norm = value_column_norms(inst)
+    if model.exact_rounded:
+        tol = 2 * u * col_norm + lam
+        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
+    _, _, mag = _abs_logit_row_max(inst)
+    # mag is a float64 evaluation of k-fold products summed over d terms: inflate by its own γ bound.
+    s_row = mag * (1 + (d + k + 2) * 2.0**-52)
+    rescales = big_n if model.max_rescales is None else int(model.max_rescales)
+    delta = _gamma(d + k + 2, u) * s_row
+    w = 2 * (s_row + delta)
+    log_growth = (delta + 2 * u * w + (rescales + 1) * math.log1p(2 * model.exp_ulps * u)
+                  + (rescales + big_n + k) * math.log1p(u))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        alpha = np.expm1(log_growth)
+        row_factor = np.where(alpha < 0.5, (2 * alpha + 2 * u * (1 + alpha)) / (1 - alpha), np.inf)
+    tol = (row_factor[:, None] + 2 * big_n * lam) * col_norm[None, :] + ((k + 1) * big_n + 4) * lam
+    return tol * _EVAL_SLACK
+
+
+U64 = 2.0**-53
+
+
+# ---------------------------------------------------------------------------------------------
+# Dynamic attention (ODAMV / OAMV), float64 structures
+
+
+@dataclass
+class History:
+    """Magnitudes over every state reached since Init (float64, padded outward): the inputs of the
+    precision model. ``logit_lo/hi`` bound every logit s⟨q_r, k_l⟩ ever present."""
+
+    n: int = 0
+    d: int = 0
+    scale: float = 1.0
+    q_l1: float = 0.0
+    k_max: float = 0.0
+    v_max: float = 0.0
+    logit_lo: float = math.inf
+    logit_hi: float = -math.inf
+    updates_k: int = 0
+    updates_v: int = 0
+    _q: np.ndarray | None = field(default=None, repr=False)
+
+    def _logit_pad(self) -> float:
+        # float64 evaluation error of s·Q k (γ_{d+1}·|s|·‖q‖₁·max|k|) plus a relative margin
+        return 2 * (self.d + 2) * U64 * abs(self.scale) * self.q_l1 * self.k_max + 1e-300
+
+    def _see_logits(self, logits: np.ndarray) -> None:
+        pad = self._logit_pad()
+        self.logit_lo = min(self.logit_lo, float(logits.min()) - pad)
+        self.logit_hi = max(self.logit_hi, float(logits.max()) + pad)
+
+    def start(self, state) -> None:
+        q, k, v = (to_float64(x) for x in (state.q, state.k, state.v))
+        self._q = q
+        self.n, self.d, self.scale = k.shape[0], k.shape[1], float(state.scale)
+        self.q_l1 = float(np.abs(q).sum(axis=1).max())
+        self.k_max = float(np.abs(k).max())
+        self.v_max = float(np.abs(v).max())
+        self._see_logits(self.scale * (q @ k.T))
+
+    def see(self, op: Op, state) -> None:
+        if isinstance(op, UpdateK):
+            self.updates_k += 1
+            row = np.array([float(x) for x in state.k[op.i]])
+            self.k_max = max(self.k_max, float(np.abs(row).max()))
+            self._see_logits(self.scale * (self._q @ row))
+        elif isinstance(op, UpdateV):
+            self.updates_v += 1
+            self.v_max = max(self.v_max, abs(float(state.v[op.i, op.j])))
+
+
+def dynamic_tolerance(h: History, normalised: bool) -> float:
+    """Float64 forward-error tolerance for one query (docs/dynamic-attention.md, "Tolerance").
+
+    With U = U_K + U_V updates since Init, T = n + 3U + 2 terms at most in any maintained sum,
+        Δℓ  = |s|·‖q‖₁·K̄·(d + 2 + 2U_K)·u                  (logit error, K rounding included)
+        ε_w = (1 + 4u)·e^{Δℓ} − 1 + 2u·(U + 1)             (weight error, rescalings included)
+        η   = (γ_T + ε_w + (U_V + 1)·u)·(T/n)·e^{ℓ_hi − ℓ_lo}
+    ODAMV: τ = 2ηV̄/(1 − η) + 2uV̄  (∞ when η ≥ 1/2);   OAMV: τ = (η·n + (|ℓ|max + 4)·n·u)·e^{ℓ_hi}·V̄.
+    The result is doubled for the float evaluation of this formula itself.
+    """
+    u = U64
+    big_u = h.updates_k + h.updates_v
+    t = h.n + 3 * big_u + 2
+    gamma_t = t * u / (1 - t * u)
+    dl = abs(h.scale) * h.q_l1 * h.k_max * (h.d + 2 + 2 * h.updates_k) * u
+    eps_w = (1 + 4 * u) * math.exp(dl) - 1 + 2 * u * (big_u + 1)
+    span = h.logit_hi - h.logit_lo
+    if span > 700:
+        return math.inf
+    eta = (gamma_t + eps_w + (h.updates_v + 1) * u) * (t / h.n) * math.exp(span)
+    vbar = h.v_max
+    if normalised:
+        if eta >= 0.5:
+            return math.inf
+        tol = 2 * eta * vbar / (1 - eta) + 2 * u * vbar
+    else:
+        if h.logit_hi > 700:
+            return math.inf
+        lmax = max(abs(h.logit_hi), abs(h.logit_lo))
+        tol = (eta * h.n + (lmax + 4) * h.n * u) * math.exp(h.logit_hi) * vbar
+    return 2 * tol
+
+
+def vacuous(tol: float, h: History, normalised: bool) -> bool:
+    """True when the tolerance cannot tell answers apart (any value of the right size would pass)."""
+    if not math.isfinite(tol):
+        return True
+    if normalised:
+        return h.v_max > 0 and tol >= h.v_max
+    return h.v_max > 0 and tol >= h.n * math.exp(h.logit_hi) * h.v_max  # ≥ the largest possible |AV|

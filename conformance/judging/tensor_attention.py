@@ -20,7 +20,6 @@ and logit radius), otherwise :func:`tensor_tolerance`, the precision model deriv
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Callable, Iterator
@@ -31,16 +30,15 @@ from attnspec.reference.tensor_attention import enclose
 from attnspec.spec.tensor_attention import (
     PROBLEM,
     TensorAttentionInstance,
-    _abs_logit_row_max,
     conditioning,
     make_instance,
     standard_scale,
 )
-from attnspec.spec.validation import max_abs_exact, to_float64
+from attnspec.spec.validation import max_abs_exact
 from attnspec.conformance.harness.backends import Capabilities
 from attnspec.conformance.judging.case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
                           outside_declared_limits)
-from attnspec.conformance.judging.precision_model import _EVAL_SLACK, SMALLEST_NORMAL, PrecisionModel, _gamma, contract_tolerance
+from attnspec.conformance.judging.precision_model import contract_tolerance, tensor_tolerance
 from attnspec.conformance.judging.verdict import Verdict
 
 METHOD = "tensor_attention"
@@ -226,52 +224,6 @@ def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]
     """``count`` instances drawn (derandomized) from :func:`tensor_instances`."""
     drawn = derandomized_draws(tensor_instances(max_n=14 if big else 8, max_d=5 if big else 3, dtype=dtype), count)
     return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Tolerances
-
-
-def value_column_norms(inst: TensorAttentionInstance) -> np.ndarray:
-    """‖(V₁⊘…⊘V_{k−1})[:, l]‖∞ = Π_m ‖V_m[:, l]‖∞ per column, rounded up from float64."""
-    norms = np.ones(inst.output_shape[1])
-    for v in inst.values:
-        norms = norms * np.abs(to_float64(v)).max(axis=0)
-    return norms * (1 + len(inst.values) * 2.0**-52)
-
-
-def tensor_tolerance(inst: TensorAttentionInstance, model: PrecisionModel) -> np.ndarray:
-    """Per-entry precision-model tolerance τ_il (derivation: docs/tensor-attention.md).
-
-    With N = n^{k−1} key tuples, S_i = |s|·max_J Σ_t |q_it Π_m K_m[j_m,t]|, u the unit roundoff:
-
-        Δ_i = γ_{d+k+2} S_i,   W_i = 2(S_i + Δ_i)
-        α_i = exp(Δ_i + 2u W_i)·(1 + 2cu)^{R+1}·(1 + u)^{R+N+k} − 1
-        τ_il = ‖V⊘[:, l]‖∞ ([2α_i + 2u(1 + α_i)]/(1 − α_i) + 2Nλ) + ((k+1)N + 4)λ   (∞ if α_i ≥ 1/2)
-
-    k = 2 reproduces the softmax model exactly. R = rescalings (N when unknown), c = exp ulps.
-    """
-    d, k = inst.d, inst.order
-    big_n = inst.num_tuples
-    u = model.u
-    lam = SMALLEST_NORMAL[model.fmt]
-    col_norm = value_column_norms(inst)
-    if model.exact_rounded:
-        tol = 2 * u * col_norm + lam
-        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
-    _, _, mag = _abs_logit_row_max(inst)
-    # mag is a float64 evaluation of k-fold products summed over d terms: inflate by its own γ bound.
-    s_row = mag * (1 + (d + k + 2) * 2.0**-52)
-    rescales = big_n if model.max_rescales is None else int(model.max_rescales)
-    delta = _gamma(d + k + 2, u) * s_row
-    w = 2 * (s_row + delta)
-    log_growth = (delta + 2 * u * w + (rescales + 1) * math.log1p(2 * model.exp_ulps * u)
-                  + (rescales + big_n + k) * math.log1p(u))
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        alpha = np.expm1(log_growth)
-        row_factor = np.where(alpha < 0.5, (2 * alpha + 2 * u * (1 + alpha)) / (1 - alpha), np.inf)
-    tol = (row_factor[:, None] + 2 * big_n * lam) * col_norm[None, :] + ((k + 1) * big_n + 4) * lam
-    return tol * _EVAL_SLACK
 
 
 # ---------------------------------------------------------------------------------------------
