@@ -40,6 +40,12 @@ def exact_scalar(x: Any, name: str) -> Fraction:
     raise SpecError(f"{name} must be a real number (float, int or Fraction), got {type(x).__name__}")
 
 
+def frozen_copy(arr: np.ndarray) -> np.ndarray:
+    """A private, immutable copy of ``arr``: a view of a ``bytes`` object, so nothing (not even
+    ``flags.writeable = True``) can change what an instance holds once it is validated."""
+    return np.frombuffer(np.ascontiguousarray(arr).tobytes(), dtype=arr.dtype).reshape(arr.shape)
+
+
 def as_exact_matrix(x: Any, name: str) -> np.ndarray:
     """Validate ``x`` as a 2-D matrix of exact finite values.
 
@@ -67,7 +73,7 @@ def as_exact_matrix(x: Any, name: str) -> np.ndarray:
         if bad.any():
             i, j = map(int, np.argwhere(bad)[0])
             raise SpecError(f"{name} has a non-finite entry {arr[i, j]!r} at [{i}, {j}]")
-        return arr
+        return frozen_copy(arr)
     if arr.dtype == object:
         out = np.empty(arr.shape, dtype=object)
         for (i, j), v in np.ndenumerate(arr):

@@ -16,9 +16,11 @@ from pathlib import Path
 import pytest
 
 from attnspec.conformance.frontends.cli import main
-from attnspec.conformance.judging.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.judging.problems import get_problem, problem_names
 from attnspec.conformance.harness.report import REPORT_SCHEMA, STATUSES
-from attnspec.conformance.judging.softmax_attention import generate_cases
+from attnspec.conformance.judging.softmax_attention import problem as softmax_problem
+
+generate_cases = softmax_problem.generate_cases
 
 import helper_backends as hb
 
@@ -66,7 +68,7 @@ def test_reference_backend_exits_zero_in_a_real_process(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads((tmp_path / "r" / "report.json").read_text())
-    every_problem = sum(len(problem_module(p).generate_cases("quick", ("float64",))) for p in PROBLEM_MODULES)
+    every_problem = sum(len(get_problem(p).generate_cases("quick", ("float64",))) for p in problem_names())
     assert report["summary"]["pass"] == report["summary"]["total"] == every_problem
     assert set(report["problems"]) == {"softmax_attention", "tensor_attention", "dynamic_attention"}
     assert "passed" in proc.stdout

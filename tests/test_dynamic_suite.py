@@ -22,7 +22,7 @@ from attnspec.spec.validation import SpecError
 
 import dynamic_broken_backends as cat
 
-CASES = dc.generate_cases("quick")
+CASES = dc.problem.generate_cases("quick")
 CATALOGUE = str(Path(__file__).with_name("dynamic_broken_backends.py"))
 
 
@@ -33,7 +33,7 @@ def _records(backend, cases=CASES):
 
 
 def test_quick_traces_are_deterministic_and_cover_both_variants():
-    again = dc.generate_cases("quick")
+    again = dc.problem.generate_cases("quick")
     assert [c.case_id for c in again] == [c.case_id for c in CASES]
     for a, b in zip(CASES, again):
         assert a.instance.dumps() == b.instance.dumps()
@@ -45,20 +45,20 @@ def test_quick_traces_are_deterministic_and_cover_both_variants():
         assert Query in kinds and isinstance(c.instance.ops[-1], Query)
         c.instance.validate()  # every generated op is valid for the exact state machine
     assert any(UpdateK in {type(op) for op in c.instance.ops} and UpdateV in {type(op) for op in c.instance.ops} for c in CASES)
-    assert dc.generate_cases("quick", ("float32",)) == []
+    assert dc.problem.generate_cases("quick", ("float32",)) == []
 
 
 def test_ops_round_trip_and_bad_rows_are_refused():
     trace = CASES[0].instance
-    arrays = dc.instance_arrays(trace)
-    back = dc.instance_from_files(arrays, dc.instance_params(trace))
+    arrays = dc.problem.instance_arrays(trace)
+    back = dc.problem.instance_from_files(arrays, dc.problem.instance_params(trace))
     assert back.dumps() == trace.dumps().replace(json.dumps(trace.meta), json.dumps(back.meta))
     bad = dict(arrays, ops=np.array([[7.0, 0, 0, 0]]))
     with pytest.raises(SpecError, match="ops row 0"):
-        dc.instance_from_files(bad, dc.instance_params(trace))
+        dc.problem.instance_from_files(bad, dc.problem.instance_params(trace))
     out_of_range = dict(arrays, ops=np.array([[2.0, 10_000, 0, 0]]))
     with pytest.raises(SpecError, match="out of range"):
-        dc.instance_from_files(out_of_range, dc.instance_params(trace))
+        dc.problem.instance_from_files(out_of_range, dc.problem.instance_params(trace))
 
 
 @pytest.mark.parametrize("factory", [builtin.numpy_backend, builtin.reference_backend], ids=["numpy", "reference"])
@@ -90,7 +90,7 @@ def test_broken_structures_are_caught_by_the_suite(name):
 
 def test_wrong_number_of_answers_is_an_error_not_a_pass():
     case = CASES[0]
-    verdict = dc.judge_case(case, np.zeros(1), read_capabilities(builtin.numpy_backend()))
+    verdict = dc.problem.judge(case, np.zeros(1), read_capabilities(builtin.numpy_backend()))
     assert verdict.status == "error" and "query answers" in verdict.message
 
 

@@ -6,7 +6,9 @@ import textwrap
 
 import pytest
 
-from attnspec.conformance.judging.softmax_attention import generate_cases
+from attnspec.conformance.judging.softmax_attention import problem as softmax_problem
+
+generate_cases = softmax_problem.generate_cases
 
 pytest_plugins = ["pytester"]
 
@@ -128,7 +130,9 @@ DYNAMIC_BROKEN = textwrap.dedent(
 
 
 def test_dynamic_traces_are_items_for_a_dynamic_backend(pytester):
-    from attnspec.conformance.judging.dynamic_attention import generate_cases as dynamic_cases
+    from attnspec.conformance.judging.dynamic_attention import problem as dynamic_problem
+
+    dynamic_cases = dynamic_problem.generate_cases
 
     n_traces = len(dynamic_cases("quick"))
     good = _backend(pytester, DYNAMIC_BROKEN, "correct")

@@ -5,7 +5,9 @@ import pytest
 from attnspec.conformance.harness.backends import read_capabilities
 from attnspec.conformance.harness.isolation import InProcessRunner
 from attnspec.conformance.harness.runner import judge_one
-from attnspec.conformance.judging.softmax_attention import generate_cases
+from attnspec.conformance.judging.softmax_attention import problem as softmax_problem
+
+generate_cases = softmax_problem.generate_cases
 
 import softmax_catalogue as cat
 

@@ -18,11 +18,11 @@ from attnspec.spec.tensor_attention import make_instance
 
 import tensor_broken_backends as cat
 
-CASES = tc.generate_cases("quick", ("float64", "float32"))
+CASES = tc.problem.generate_cases("quick", ("float64", "float32"))
 
 
 def test_tensor_problem_is_registered():
-    assert problems.problem_module("tensor_attention") is tc
+    assert problems.get_problem("tensor_attention") is tc.problem
 
 
 def _records(backend):
@@ -32,7 +32,7 @@ def _records(backend):
 
 
 def test_quick_list_is_deterministic_and_covers_the_brief():
-    again = tc.generate_cases("quick", ("float64", "float32"))
+    again = tc.problem.generate_cases("quick", ("float64", "float32"))
     assert [c.case_id for c in again] == [c.case_id for c in CASES]
     # Bit-identical, the derandomized hypothesis family included (its draws ignore what was imported).
     for a, b in zip(CASES, again):
@@ -138,13 +138,13 @@ def test_vacuous_precision_model_is_not_applicable():
     case = tc.Case("x", "manual", "float16", 0, inst)
     caps = read_capabilities(type("B", (), {"capabilities": {"problems": {"tensor_attention"}, "dtypes": {"float16"}},
                                            "tensor_attention": lambda self, *a, **k: None})())
-    assert "vacuous" in tc.applicable(case, caps)
+    assert "vacuous" in tc.problem.applicable(case, caps)
 
 
 def test_replay_round_trip():
     for case in CASES[:: max(1, len(CASES) // 10)]:
         inst = case.instance
-        back = tc.instance_from_files(tc.instance_arrays(inst), tc.instance_params(inst))
+        back = tc.problem.instance_from_files(tc.problem.instance_arrays(inst), tc.problem.instance_params(inst))
         assert back.order == inst.order and back.scale == inst.scale and back.bound == inst.bound
         for a, b in zip((inst.q, *inst.keys, *inst.values), (back.q, *back.keys, *back.values)):
             assert np.array_equal(a, b)

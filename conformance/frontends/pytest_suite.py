@@ -7,7 +7,7 @@ import json
 import pytest
 
 from attnspec.conformance.harness.isolation import InProcessRunner, ProcessRunner
-from attnspec.conformance.judging.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.judging.problems import get_problem, problem_names
 from attnspec.conformance.harness.runner import NOT_APPLICABLE, judge_one
 
 
@@ -41,11 +41,11 @@ def pytest_generate_tests(metafunc):
     runner = _runner(config)
     # Only the problems the backend declares (all of them when it cannot be loaded: the fixture then
     # reports the load error on every item rather than collecting nothing).
-    declared = runner.capabilities.problems if runner.capabilities is not None else set(PROBLEM_MODULES)
+    declared = runner.capabilities.problems if runner.capabilities is not None else set(problem_names())
     cases = []
-    for name in PROBLEM_MODULES:
+    for name in problem_names():
         if name in declared:
-            cases.extend(problem_module(name).generate_cases(config.getoption("--attnspec-profile"), dtypes, 0))
+            cases.extend(get_problem(name).generate_cases(config.getoption("--attnspec-profile"), dtypes, 0))
     metafunc.parametrize("attnspec_case", cases, ids=[c.case_id for c in cases])
 
 

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attnspec.conformance.judging.precision_model import PrecisionModel
+from attnspec.conformance.judging.problems import backend_methods
 
 ENTRY_POINT_GROUP = "attnspec.backends"
 
@@ -36,11 +37,6 @@ BUILTIN_BACKENDS = {
     "poly": "attnspec.conformance.harness.builtin_backends:poly_backend",
 }
 
-PROBLEM_METHODS = {
-    "softmax_attention": "attention",
-    "tensor_attention": "tensor_attention",
-    "dynamic_attention": "dynamic_attention",  # a factory: dynamic_attention(normalised=...) -> structure
-}
 
 
 class BackendLoadError(RuntimeError):
@@ -106,7 +102,7 @@ def read_capabilities(backend: Any) -> Capabilities:
         declared = {k: getattr(declared, k) for k in Capabilities.__dataclass_fields__ if hasattr(declared, k)}
     caps = Capabilities()
     problems = declared.get("problems")
-    caps.problems = set(problems) if problems else {p for p, m in PROBLEM_METHODS.items() if callable(getattr(backend, m, None))}
+    caps.problems = set(problems) if problems else {p for p, m in backend_methods().items() if callable(getattr(backend, m, None))}
     if "dtypes" in declared:
         caps.dtypes = {str(x) for x in declared["dtypes"]}
     if "devices" in declared:
@@ -181,10 +177,9 @@ def load_backend(spec: str) -> Any:
             obj = obj()
         except Exception as exc:
             raise BackendLoadError(f"backend factory {spec!r} raised {type(exc).__name__}: {exc}") from exc
-    if not any(callable(getattr(obj, m, None)) for m in PROBLEM_METHODS.values()) and not callable(getattr(obj, "init", None)):
-        raise BackendLoadError(
-            f"backend {spec!r} has none of the methods {sorted(PROBLEM_METHODS.values())}"
-        )
+    methods = sorted(backend_methods().values())
+    if not any(callable(getattr(obj, m, None)) for m in methods) and not callable(getattr(obj, "init", None)):
+        raise BackendLoadError(f"backend {spec!r} has none of the methods {methods}")
     return obj
 
 

@@ -162,7 +162,8 @@ class TorchBackend:
         }
 
     def _t(self, x):
-        return self._torch.from_numpy(np.ascontiguousarray(x)).to(self._device)
+        # A copy: torch tensors must be writeable, and the inputs may be read-only.
+        return self._torch.from_numpy(np.array(x, copy=True, order="C")).to(self._device)
 
     def attention(self, q, k, v, *, scale):
         tq, tk, tv = (self._t(x)[None, None] for x in (q, k, v))

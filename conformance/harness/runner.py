@@ -14,10 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from attnspec.conformance.harness.backends import backend_identity
 from attnspec.conformance.harness.case_files import CaseFileError, load_case, save_case
-from attnspec.conformance.harness.isolation import InProcessRunner, ProcessRunner
-from attnspec.conformance.judging.problems import PROBLEM_MODULES, problem_module
+from attnspec.conformance.harness.isolation import CallResult, InProcessRunner, ProcessRunner
+from attnspec.conformance.judging.problems import get_problem, problem_names
 from attnspec.conformance.harness.report import ReportWriter
 from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED
 
@@ -31,31 +33,61 @@ class RunOutcome:
 
 
 def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dict[str, Any]:
-    """Run and judge a single case; returns its report record (never raises for backend faults)."""
-    mod = problem_module(case.problem)
-    inst = case.instance
+    """Run and judge a single case; returns its report record (never raises for backend faults).
+
+    What is certified is fixed before the backend runs: the instance holds immutable private arrays (the
+    backend receives copies), and the tolerance is computed before the call."""
+    problem = get_problem(case.problem)
     record: dict[str, Any] = {
         "case_id": case.case_id,
         "problem": case.problem,
         "family": case.family,
         "dtype": case.dtype,
         "seed": case.seed,
-        "shape": [int(inst.n), int(inst.d)] if hasattr(inst, "d") else None,
+        "shape": problem.shape(case),
     }
-    reason = mod.applicable(case, caps)
-    if reason is not None:
-        record.update(status=NOT_APPLICABLE, message=reason)
+    reasons = problem.not_applicable_reasons(case, caps)
+    if reasons:
+        record.update(status=NOT_APPLICABLE, message="; ".join(reasons), reasons=reasons)
         return record
-    args, kwargs = mod.call_args(case)
-    result = runner.call(mod.METHOD, *args, **kwargs)
+    tolerance = problem.tolerance_for(case, caps) if hasattr(problem, "tolerance_for") else None
+    kind, target, args, kwargs = problem.request(case)
+    limit = problem.expected_output_elements(case)
+    result = _send(runner, kind, target, args, kwargs, limit)
+    if result.ok and getattr(caps, "deterministic", False):
+        again = _send(runner, kind, target, args, kwargs, limit)
+        result = same_bits(result, again)
     record["backend_seconds"] = result.seconds
+    if getattr(result, "captured", ""):
+        record["captured"] = result.captured
     if not result.ok:
         record.update(status=ERROR, message=f"{result.error_kind}: {result.error}", evidence={"kind": result.error_kind})
         return record
     t0 = time.perf_counter()
-    verdict = mod.judge_case(case, result.output, caps, max_prec=max_prec)
+    verdict = problem.judge(case, result.output, caps, max_prec=max_prec, tolerance=tolerance)
     record.update(status=verdict.status, message=verdict.message, evidence=verdict.evidence, judge_seconds=time.perf_counter() - t0)
     return record
+
+
+def _send(runner: Any, kind: str, target: str, args: tuple, kwargs: dict, limit: int) -> Any:
+    # TEMPORARY until the runners grow request(): the old driver string for drive requests.
+    if hasattr(runner, "request"):
+        return runner.request(kind, target, args, kwargs, max_output_elements=limit)
+    method = target if kind == "call" else "driver:attnspec.conformance.judging.dynamic_attention:drive_trace"
+    return runner.call(method, *args, **kwargs)
+
+
+def same_bits(first: Any, second: Any) -> Any:
+    """``first`` when a backend that declares ``deterministic`` gave the same bits twice, else an error
+    result (the promise is checked, not trusted)."""
+    if not second.ok:
+        return second
+    a, b = np.asarray(first.output), np.asarray(second.output)
+    if a.dtype != b.dtype or a.shape != b.shape or np.ascontiguousarray(a).tobytes() != np.ascontiguousarray(b).tobytes():
+        return CallResult(False, error_kind="nondeterministic",
+                          error="the backend declares deterministic, but two calls on the same input gave different bits",
+                          seconds=first.seconds)
+    return first
 
 
 def _saved_failures(directory: Path) -> list[Any]:
@@ -102,11 +134,11 @@ def run_conformance(
         if isinstance(runner, InProcessRunner):
             header["backend"].update(backend_identity(spec, runner.backend))
         wanted = list(dtypes) if dtypes else sorted(caps.dtypes & {"float64", "float32", "float16"}) or ["float64"]
-        chosen = [p for p in (problems or caps.problems) if p in PROBLEM_MODULES]
+        chosen = [p for p in problem_names() if p in set(problems or caps.problems)]
         failures_dir = Path(report_dir) / "failures" if report_dir is not None else None
         cases = _saved_failures(failures_dir) if failures_dir is not None else []
         for name in chosen:
-            cases.extend(problem_module(name).generate_cases(profile, tuple(wanted), seed))
+            cases.extend(get_problem(name).generate_cases(profile, tuple(wanted), seed))
         total = len(cases)
         counts = {PASS: 0, FAIL: 0, UNDECIDED: 0, ERROR: 0, NOT_APPLICABLE: 0}
         for i, case in enumerate(cases):

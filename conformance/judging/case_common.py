@@ -1,7 +1,8 @@
-"""What the instance-based problem modules (softmax and tensor attention) share: the case record, the
-seeded family loop, derandomized hypothesis draws, the per-instance enclosure cache and the judging step.
+"""What the problem plug-ins share: the case record, the seeded family loop, derandomized hypothesis
+draws, the per-instance enclosure cache, the judging step, and :class:`InstanceProblem`, the base of the
+problems whose case is one instance judged entrywise (softmax and tensor attention).
 
-A problem module keeps what is its own: the families, the tolerance (precision model) and the files.
+A problem module keeps what is its own: the families, the precision model it uses and its files.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
-
 from fractions import Fraction
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 
+from attnspec.spec.validation import max_abs_exact
+from attnspec.conformance.judging.precision_model import contract_tolerance
+from attnspec.conformance.judging.problems import Problem
 from attnspec.conformance.judging.verdict import Verdict, judge
 
 
@@ -129,20 +132,146 @@ def judge_against(case: Any, output: Any, tolerance: Any, source: dict[str, Any]
     return verdict
 
 
-def outside_declared_limits(caps: Any, *, d: int, max_entry: Fraction, scale: Fraction, order: int) -> str | None:
-    """Why a case lies outside what the backend declares about d and, for a contract (ε_a) backend,
-    about the entry bound B and the logit radius R = |s|·d·B^k (k = ``order``; the default limit B^k is
-    the papers' |s| ≤ 1/d); None when it lies inside."""
+def outside_declared_limits(caps: Any, *, d: int, max_entry: Fraction, scale: Fraction, order: int) -> list[str]:
+    """Every way a case lies outside what the backend declares about d and, for a contract (ε_a)
+    backend, about the entry bound B and the logit radius R = |s|·d·B^k (k = ``order``; the default limit
+    B^k is the papers' |s| ≤ 1/d); empty when it lies inside."""
+    reasons = []
     if caps.max_d is not None and d > caps.max_d:
-        return f"d = {d} exceeds declared max_d = {caps.max_d}"
+        reasons.append(f"d = {d} exceeds declared max_d = {caps.max_d}")
     if caps.contract_eps is None:
-        return None
+        return reasons
     if caps.bound is None:
-        return "contract backend declares no entry bound B"
+        return reasons + ["contract backend declares no entry bound B"]
     if max_entry > Fraction(caps.bound):
-        return f"entries reach {float(max_entry):g} > declared bound B = {caps.bound:g}"
+        reasons.append(f"entries reach {float(max_entry):g} > declared bound B = {caps.bound:g}")
     r_max = float(caps.bound) ** order if caps.max_logit_radius is None else float(caps.max_logit_radius)
     radius = abs(float(scale)) * d * float(caps.bound) ** order
     if radius > r_max * (1 + 2.0**-40):
-        return f"logit radius |s|·d·B^{order} = {radius:g} exceeds the contract's {r_max:g}"
-    return None
+        reasons.append(f"logit radius |s|·d·B^{order} = {radius:g} exceeds the contract's {r_max:g}")
+    return reasons
+
+
+class InstanceProblem(Problem):
+    """A problem whose case is one validated instance: the backend is called once with its arrays, and
+    its output (``inst.output_shape``) is judged entrywise against the certified enclosure.
+
+    Subclasses set ``name``, ``method``, ``Case``, ``family_recipes``, ``counts`` and ``salt``, and
+    implement :meth:`make_case`, :meth:`hypothesis_cases`, :meth:`call_args`, :meth:`inputs`,
+    :meth:`order`, :meth:`precision_tolerance`, :meth:`vacuity_detail`, :meth:`conditioning`,
+    :meth:`enclose` and the instance-file methods.
+
+    Tolerance: the contract ε_a when the backend claims one (inside its declared bound B, ``max_d`` and
+    logit radius), otherwise the precision model of the backend's declared arithmetic for the case's dtype.
+    """
+
+    family_recipes: ClassVar[dict[str, Callable]]
+    counts: ClassVar[dict[str, dict[str, int]]]
+    salt: ClassVar[int] = 0
+
+    def __init__(self) -> None:
+        self.cached_enclosure = EnclosureCache(self.enclose)
+
+    # --- what each instance problem defines -------------------------------------------------------
+    def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Any:
+        raise NotImplementedError
+
+    def hypothesis_cases(self, count: int, dtype: str, big: bool, seed: int) -> list:
+        raise NotImplementedError
+
+    def call_args(self, case: Any) -> tuple[tuple, dict]:
+        raise NotImplementedError
+
+    def inputs(self, inst: Any) -> list[np.ndarray]:
+        """Every input matrix of the instance (for entry bounds)."""
+        raise NotImplementedError
+
+    def order(self, inst: Any) -> int:
+        """k of the logits' k-fold products (2 for softmax attention)."""
+        raise NotImplementedError
+
+    def precision_tolerance(self, inst: Any, model: Any) -> np.ndarray:
+        raise NotImplementedError
+
+    def overflow_reason(self, inst: Any, model: Any) -> str | None:
+        """Why the declared format cannot hold an intermediate of this instance (None: it can)."""
+        return None
+
+    def vacuity_detail(self, inst: Any) -> str:
+        raise NotImplementedError
+
+    def conditioning(self, inst: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def enclose(self, inst: Any, prec: int) -> Any:
+        raise NotImplementedError
+
+    # --- the Problem interface, shared ------------------------------------------------------------
+    def families(self) -> list[str]:
+        return [*self.family_recipes, "hypothesis"]
+
+    def generate_cases(self, profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list:
+        return generate_family_cases(profile, self.profiles, tuple(dtypes), seed, families=self.family_recipes,
+                                     counts=self.counts, make_case=self.make_case,
+                                     hypothesis_cases=self.hypothesis_cases, salt=self.salt)
+
+    def not_applicable_reasons(self, case: Any, caps: Any) -> list[str]:
+        inst = case.instance
+        reasons = []
+        if self.name not in caps.problems:
+            reasons.append(f"backend does not declare {self.name}")
+        if case.dtype not in caps.dtypes:
+            reasons.append(f"dtype {case.dtype} not declared (declared: {', '.join(sorted(caps.dtypes))})")
+        if caps.max_n is not None and inst.n > caps.max_n:
+            reasons.append(f"n = {inst.n} exceeds declared max_n = {caps.max_n}")
+        reasons += outside_declared_limits(caps, d=inst.d, max_entry=max(max_abs_exact(x) for x in self.inputs(inst)),
+                                           scale=inst.scale, order=self.order(inst))
+        if caps.contract_eps is None and case.dtype in caps.dtypes:
+            model = caps.precision_for(case.dtype)
+            overflow = self.overflow_reason(inst, model)
+            if overflow is not None:
+                reasons.append(overflow)
+            elif not np.isfinite(self.tolerance_for(case, caps)[0]).all():
+                reasons.append(f"the {model.fmt} precision model is vacuous here ({self.vacuity_detail(inst)}): "
+                               "nothing can be promised")
+        return reasons
+
+    def tolerance_for(self, case: Any, caps: Any) -> tuple[np.ndarray, dict[str, Any]]:
+        """The tolerance ``case`` is judged by, and a description of where it came from."""
+        inst = case.instance
+        if caps.contract_eps is not None:
+            return contract_tolerance(caps.contract_eps, inst.output_shape), {"kind": "contract", "eps": caps.contract_eps}
+        model = caps.precision_for(case.dtype)
+        return self.precision_tolerance(inst, model), {"kind": "precision_model", "model": model.__dict__.copy()}
+
+    def request(self, case: Any) -> tuple[str, str, tuple, dict]:
+        args, kwargs = self.call_args(case)
+        return "call", self.method, args, kwargs
+
+    def expected_output_elements(self, case: Any) -> int:
+        return int(np.prod(case.instance.output_shape))
+
+    def judge(self, case: Any, output: Any, caps: Any, *, max_prec: int = 1024,
+              tolerance: tuple[np.ndarray, dict[str, Any]] | None = None) -> Verdict:
+        """Certified verdict on ``output`` (``tolerance``: fixed before the backend call, when given)."""
+        tol, source = tolerance if tolerance is not None else self.tolerance_for(case, caps)
+        return judge_against(case, output, tol, source, self.cached_enclosure, self.conditioning(case.instance),
+                             max_prec=max_prec)
+
+    def shape(self, case: Any) -> list[int]:
+        inst = case.instance
+        return [int(inst.n), int(inst.d)]
+
+
+def fraction_or_none(x: Any) -> Fraction | None:
+    """An exact parameter read back from a case file ("p/q" strings)."""
+    return None if x is None else Fraction(str(x))
+
+
+def exact_params(inst: Any) -> dict[str, Any]:
+    """The exact parameters every instance problem stores: scale, bound and ε as "p/q" strings."""
+    return {
+        "scale": str(inst.scale),
+        "bound": None if inst.bound is None else str(inst.bound),
+        "eps": None if inst.eps is None else str(inst.eps),
+    }

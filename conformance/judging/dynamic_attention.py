@@ -28,8 +28,9 @@ from attnspec.reference.dynamic_attention import DynamicReference
 from attnspec.spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, Trace, UpdateK, UpdateV
 from attnspec.spec.validation import SpecError, to_float64
 from attnspec.conformance.judging.case_common import ConformanceCase
+from attnspec.conformance.judging.problems import Problem, register
 from attnspec.conformance.judging.precision_model import History, dynamic_tolerance, vacuous
-from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, Verdict, judge
+from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, OutputError, Verdict, coerce_output, judge
 
 NOT_APPLICABLE = "not_applicable"
 FAILURE_DIR_ENV = "ATTNSPEC_DYNAMIC_FAILURES"
@@ -293,7 +294,7 @@ def dynamic_state_machine(backend: Any, normalised: bool = True, *, max_n: int =
 # ``dynamic_attention``): a case is a whole trace, run in the backend's worker process by
 # :func:`drive_trace` and judged here query by query.
 
-METHOD = "driver:attnspec.conformance.judging.dynamic_attention:drive_trace"
+METHOD = "dynamic_attention"
 PROFILES = ("quick", "thorough")
 OP_CODES = {"update_k": 0, "update_v": 1, "query": 2}
 _OP_CLASSES = {0: UpdateK, 1: UpdateV, 2: Query}
@@ -348,8 +349,21 @@ def drive_trace(backend: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale
         elif isinstance(op, UpdateV):
             s.update_v(op.i, op.j, float(op.delta))
         else:
-            answers.append(s.query(op.i, op.j))
+            answers.append(strict_answer(s.query(op.i, op.j), len(answers)))
     return np.asarray(answers, dtype=np.float64).reshape(len(answers))
+
+
+def strict_answer(x: Any, index: int) -> float:
+    """A query answer as a float64, accepting only real numbers (Python or numpy ints and floats, or a
+    0-d real array): a string, a complex, a bool or an object is the backend's error, never parsed."""
+    if isinstance(x, np.ndarray) and x.ndim == 0:
+        x = x[()]
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, float, np.integer, np.floating)):
+        raise TypeError(f"query #{index} returned {type(x).__name__} {x!r:.60}, not a real number")
+    value = float(x)
+    if isinstance(x, (int, np.integer)) and value != x:
+        raise TypeError(f"query #{index} returned the integer {x} that float64 cannot hold exactly")
+    return value
 
 
 def _random_trace(rng: np.random.Generator, normalised: bool, *, n: int, d: int, dv: int, m: int, scale: float,
@@ -404,39 +418,6 @@ FAMILIES = {
 }
 
 
-def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
-    """Seeded traces for both variants (ODAMV and OAMV); ``thorough`` runs each recipe with 4 seeds.
-    Traces are float64 (the structure's Init receives float64 arrays); other dtypes yield nothing."""
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r}; known: {PROFILES}")
-    if "float64" not in dtypes:
-        return []
-    repeats = 1 if profile == "quick" else 4
-    cases = []
-    for family, recipes in FAMILIES.items():
-        style = family if family in ("same_entry", "cross_term", "boundary") else "mixed"
-        for index, (n, d, dv, m, scale, steps) in enumerate(recipes):
-            for rep in range(repeats):
-                for normalised in (True, False):
-                    case_seed = (seed * 1_000_003 + sum(map(ord, family)) * 101 + index * 17 + rep) % 2**32
-                    rng = np.random.default_rng(case_seed)
-                    trace = _random_trace(rng, normalised, n=n, d=d, dv=dv, m=m, scale=scale, steps=steps, style=style)
-                    cid = f"dynamic_attention/{VARIANTS[normalised]}/{family}/{index}.{rep}"
-                    cases.append(Case(cid, family, "float64", case_seed, trace, tags={"n": n, "d": d, "steps": steps}))
-    return cases
-
-
-def applicable(case: Case, caps: Any) -> str | None:
-    if PROBLEM not in caps.problems:
-        return f"backend does not declare {PROBLEM}"
-    if "float64" not in caps.dtypes:
-        return "dynamic traces are float64; the backend does not declare float64"
-    init = case.instance.ops[0]
-    if caps.max_n is not None and np.asarray(init.k).shape[0] > caps.max_n:
-        return f"n = {np.asarray(init.k).shape[0]} exceeds the declared max_n = {caps.max_n}"
-    return None
-
-
 def instance_arrays(trace: Trace) -> dict[str, np.ndarray]:
     init = trace.ops[0]
     if not isinstance(init, Init):
@@ -467,12 +448,6 @@ def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -
     return trace
 
 
-def call_args(case: Case) -> tuple[tuple, dict]:
-    arrays = instance_arrays(case.instance)
-    init = case.instance.ops[0]
-    return (arrays["q"], arrays["k"], arrays["v"], float(init.scale), arrays["ops"], bool(case.instance.normalised)), {}
-
-
 class _Replayed:
     """A stand-in structure that answers queries with a backend's recorded outputs, in order."""
 
@@ -493,36 +468,101 @@ class _Replayed:
         return next(self._answers)
 
 
-def judge_case(case: Case, output: Any, caps: Any, *, max_prec: int = 1024) -> Verdict:
-    """Judge every query answer of the trace (certified, precision-model tolerance); the case's verdict is
-    the worst one: fail before error before undecided before pass. Evidence: the worst query's."""
-    trace = case.instance
-    queries = sum(isinstance(op, Query) for op in trace.ops)
-    try:
-        answers = np.asarray(output, dtype=np.float64).reshape(-1)
-    except (TypeError, ValueError) as exc:
-        return Verdict(ERROR, f"output is not a vector of query answers: {exc}", {"kind": "bad_output"})
-    if answers.shape[0] != queries:
-        return Verdict(ERROR, f"expected {queries} query answers, got {answers.shape[0]}", {"kind": "bad_output"})
-    checker = DynamicChecker(lambda normalised: _Replayed(answers, normalised), trace.normalised, max_prec=max_prec,
-                             name="replayed")
-    for op in trace.ops:
-        checker.apply(op)
-    rank = {FAIL: 0, ERROR: 1, UNDECIDED: 2, PASS: 3, NOT_APPLICABLE: 4}
-    judged = [v for v in checker.verdicts if v.status != NOT_APPLICABLE]
-    if not judged:
-        return Verdict(NOT_APPLICABLE, "every query's precision-model tolerance is vacuous for this trace")
-    worst = min(judged, key=lambda v: (rank.get(v.status, 1), -float(v.verdict.evidence.get("ratio", 0) or 0)))
-    counts = {s: sum(v.status == s for v in checker.verdicts) for s in (PASS, FAIL, UNDECIDED, ERROR, NOT_APPLICABLE)}
-    evidence = dict(worst.verdict.evidence)
-    evidence.update(queries=counts, worst_op=str(worst.op), worst_op_index=worst.index)
-    if worst.status == PASS:
-        return Verdict(PASS, f"all {counts[PASS]} judged queries within tolerance", evidence)
-    return Verdict(worst.status, f"query #{worst.index} {worst.op}: {worst.verdict.message}", evidence)
+class DynamicAttention(Problem):
+    """Dynamic attention (ODAMV / OAMV): a case is a whole operation trace, driven in the backend's worker
+    by :func:`drive_trace` (request kind ``"drive"``) and judged here query by query."""
+
+    name = PROBLEM
+    method = METHOD
+    request_kind = "drive"
+    Case = Case
+
+    def families(self) -> list[str]:
+        return list(FAMILIES)
+
+    def generate_cases(self, profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
+        """Seeded traces for both variants (ODAMV and OAMV); ``thorough`` runs each recipe with 4 seeds.
+        Traces are float64 (the structure's Init receives float64 arrays); other dtypes yield nothing."""
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile {profile!r}; known: {PROFILES}")
+        if "float64" not in dtypes:
+            return []
+        repeats = 1 if profile == "quick" else 4
+        cases = []
+        for family, recipes in FAMILIES.items():
+            style = family if family in ("same_entry", "cross_term", "boundary") else "mixed"
+            for index, (n, d, dv, m, scale, steps) in enumerate(recipes):
+                for rep in range(repeats):
+                    for normalised in (True, False):
+                        case_seed = (seed * 1_000_003 + sum(map(ord, family)) * 101 + index * 17 + rep) % 2**32
+                        rng = np.random.default_rng(case_seed)
+                        trace = _random_trace(rng, normalised, n=n, d=d, dv=dv, m=m, scale=scale, steps=steps, style=style)
+                        cid = f"dynamic_attention/{VARIANTS[normalised]}/{family}/{index}.{rep}"
+                        cases.append(Case(cid, family, "float64", case_seed, trace, tags={"n": n, "d": d, "steps": steps}))
+        return cases
+
+    def not_applicable_reasons(self, case: Case, caps: Any) -> list[str]:
+        reasons = []
+        if PROBLEM not in caps.problems:
+            reasons.append(f"backend does not declare {PROBLEM}")
+        if "float64" not in caps.dtypes:
+            reasons.append("dynamic traces are float64; the backend does not declare float64")
+        n = np.asarray(case.instance.ops[0].k).shape[0]
+        if caps.max_n is not None and n > caps.max_n:
+            reasons.append(f"n = {n} exceeds the declared max_n = {caps.max_n}")
+        return reasons
+
+    def request(self, case: Case) -> tuple[str, str, tuple, dict]:
+        arrays = self.instance_arrays(case.instance)
+        init = case.instance.ops[0]
+        args = (arrays["q"], arrays["k"], arrays["v"], float(init.scale), arrays["ops"], bool(case.instance.normalised))
+        return "drive", PROBLEM, args, {}
+
+    def drive(self, backend: Any, *args: Any, **kwargs: Any) -> np.ndarray:
+        return drive_trace(backend, *args, **kwargs)
+
+    def expected_output_elements(self, case: Case) -> int:
+        return sum(isinstance(op, Query) for op in case.instance.ops)
+
+    def shape(self, case: Case) -> list[int]:
+        return [int(x) for x in np.asarray(case.instance.ops[0].k).shape]
+
+    def instance_arrays(self, trace: Trace) -> dict[str, np.ndarray]:
+        return instance_arrays(trace)
+
+    def instance_params(self, trace: Trace) -> dict[str, Any]:
+        return instance_params(trace)
+
+    def instance_from_files(self, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> Trace:
+        return instance_from_files(arrays, params)
+
+    def judge(self, case: Case, output: Any, caps: Any, *, max_prec: int = 1024, tolerance: Any = None) -> Verdict:
+        """Judge every query answer of the trace (certified, precision-model tolerance); the case's verdict is
+        the worst one: fail before error before undecided before pass. Evidence: the worst query's."""
+        trace = case.instance
+        queries = sum(isinstance(op, Query) for op in trace.ops)
+        try:
+            answers = coerce_output(output, (queries,))  # strict: real numbers of the right count only
+        except OutputError as exc:
+            return Verdict(ERROR, f"output is not a vector of {queries} query answers: {exc}", {"kind": "bad_output"})
+        checker = DynamicChecker(lambda normalised: _Replayed(answers, normalised), trace.normalised, max_prec=max_prec,
+                                 name="replayed")
+        for op in trace.ops:
+            checker.apply(op)
+        rank = {FAIL: 0, ERROR: 1, UNDECIDED: 2, PASS: 3, NOT_APPLICABLE: 4}
+        judged = [v for v in checker.verdicts if v.status != NOT_APPLICABLE]
+        if not judged:
+            return Verdict(NOT_APPLICABLE, "every query's precision-model tolerance is vacuous for this trace")
+        worst = min(judged, key=lambda v: (rank.get(v.status, 1), -float(v.verdict.evidence.get("ratio", 0) or 0)))
+        counts = {s: sum(v.status == s for v in checker.verdicts) for s in (PASS, FAIL, UNDECIDED, ERROR, NOT_APPLICABLE)}
+        evidence = dict(worst.verdict.evidence)
+        evidence.update(queries=counts, worst_op=str(worst.op), worst_op_index=worst.index)
+        if worst.status == PASS:
+            return Verdict(PASS, f"all {counts[PASS]} judged queries within tolerance", evidence)
+        return Verdict(worst.status, f"query #{worst.index} {worst.op}: {worst.verdict.message}", evidence)
 
 
-def iter_families():
-    yield from FAMILIES
+problem = register(DynamicAttention())
 
 
 def _slug(s: str) -> str:

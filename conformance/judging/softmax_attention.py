@@ -21,18 +21,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
 from attnspec.reference.softmax_attention import enclose
 from attnspec.spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
 from attnspec.spec.validation import max_abs_exact
-from attnspec.conformance.harness.backends import Capabilities
-from attnspec.conformance.judging.case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
-                          outside_declared_limits)
-from attnspec.conformance.judging.precision_model import contract_tolerance, softmax_tolerance
-from attnspec.conformance.judging.verdict import Verdict
+from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, cast_to, derandomized_draws,
+                                                      exact_params, fraction_or_none)
+from attnspec.conformance.judging.precision_model import softmax_tolerance
+from attnspec.conformance.judging.problems import register
 
 METHOD = "attention"
 PROFILES = ("quick", "thorough")
@@ -161,101 +160,64 @@ COUNTS = {
 }
 
 
-def _case_from_arrays(family: str, index: int, seed: int, dtype: str, q, k, v, scale, bound) -> Case:
-    q, k, v = (cast_to(x, dtype) for x in (q, k, v))
-    scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
-    b = None
-    if bound is not None:
-        b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, k, v)))  # rounding may nudge past B
-    inst = make_instance(q, k, v, scale=scale, bound=b)
-    return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+class SoftmaxAttention(InstanceProblem):
+    """Softmax attention ``D⁻¹AV``, ``A = exp(s·QKᵀ)``: backend method ``attention(q, k, v, *, scale)``."""
+
+    name = PROBLEM
+    method = METHOD
+    Case = Case
+    family_recipes = FAMILIES
+    counts = COUNTS
+
+    def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Case:
+        q, k, v, scale, bound = drawn
+        q, k, v = (cast_to(x, dtype) for x in (q, k, v))
+        scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
+        b = None
+        if bound is not None:
+            b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, k, v)))  # rounding may nudge past B
+        inst = make_instance(q, k, v, scale=scale, bound=b)
+        return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+
+    def hypothesis_cases(self, count: int, dtype: str, big: bool, seed: int) -> list[Case]:
+        """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.frontends.strategies.softmax_instances`."""
+        from attnspec.conformance.frontends.strategies import softmax_instances
+
+        drawn = derandomized_draws(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype), count)
+        return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
+
+    def call_args(self, case: Case) -> tuple[tuple, dict]:
+        inst = case.instance
+        return (inst.q, inst.k, inst.v), {"scale": float(inst.scale)}
+
+    def inputs(self, inst: SoftmaxAttentionInstance) -> list[np.ndarray]:
+        return [inst.q, inst.k, inst.v]
+
+    def order(self, inst: SoftmaxAttentionInstance) -> int:
+        return 2
+
+    def precision_tolerance(self, inst: SoftmaxAttentionInstance, model: Any) -> np.ndarray:
+        return softmax_tolerance(inst, model)
+
+    def vacuity_detail(self, inst: SoftmaxAttentionInstance) -> str:
+        return f"max |logit| {conditioning(inst)['max_abs_logit']:.3g}, n = {inst.n}"
+
+    def conditioning(self, inst: SoftmaxAttentionInstance) -> dict[str, Any]:
+        return conditioning(inst)
+
+    def enclose(self, inst: SoftmaxAttentionInstance, prec: int) -> Any:
+        return enclose(inst, prec)
+
+    def instance_arrays(self, inst: SoftmaxAttentionInstance) -> dict[str, np.ndarray]:
+        return {"q": inst.q, "k": inst.k, "v": inst.v}
+
+    def instance_params(self, inst: SoftmaxAttentionInstance) -> dict[str, Any]:
+        return exact_params(inst)
+
+    def instance_from_files(self, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> SoftmaxAttentionInstance:
+        """Rebuild (and re-validate) an instance from replay-file arrays and JSON parameters."""
+        return make_instance(arrays["q"], arrays["k"], arrays["v"], scale=fraction_or_none(params["scale"]),
+                             bound=fraction_or_none(params.get("bound")), eps=fraction_or_none(params.get("eps")))
 
 
-def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
-    """The deterministic case list of a profile (see module docstring), for each dtype."""
-    return generate_family_cases(profile, PROFILES, tuple(dtypes), seed, families=FAMILIES, counts=COUNTS,
-                                 make_case=_case_from_arrays, hypothesis_cases=hypothesis_cases)
-
-
-def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
-    """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.frontends.strategies.softmax_instances`."""
-    from attnspec.conformance.frontends.strategies import softmax_instances
-
-    drawn = derandomized_draws(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype), count)
-    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Calling and judging
-
-
-def call_args(case: Case) -> tuple[tuple, dict]:
-    """Positional and keyword arguments of the backend call for ``case``."""
-    inst = case.instance
-    return (inst.q, inst.k, inst.v), {"scale": float(inst.scale)}
-
-
-def applicable(case: Case, caps: Capabilities) -> str | None:
-    """None when the backend should run ``case``, else the reason it is not applicable."""
-    if PROBLEM not in caps.problems:
-        return f"backend does not declare {PROBLEM}"
-    if case.dtype not in caps.dtypes:
-        return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
-    if caps.max_n is not None and case.instance.n > caps.max_n:
-        return f"n = {case.instance.n} exceeds declared max_n = {caps.max_n}"
-    inst = case.instance
-    reason = outside_declared_limits(caps, d=inst.d, max_entry=max(max_abs_exact(x) for x in (inst.q, inst.k, inst.v)),
-                                     scale=inst.scale, order=2)
-    if reason is not None:
-        return reason
-    if caps.contract_eps is None:
-        tol, _ = tolerance_for(case, caps)
-        if not np.isfinite(tol).all():
-            fmt = caps.precision_for(case.dtype).fmt
-            return f"the {fmt} precision model is vacuous here (max |logit| {conditioning(case.instance)['max_abs_logit']:.3g}, n = {case.instance.n}): nothing can be promised"
-    return None
-
-
-def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str, Any]]:
-    """The tolerance a case is judged by, and a description of where it came from."""
-    inst = case.instance
-    if caps.contract_eps is not None:
-        return contract_tolerance(caps.contract_eps, inst.output_shape), {"kind": "contract", "eps": caps.contract_eps}
-    model = caps.precision_for(case.dtype)
-    tol = softmax_tolerance(inst, model)
-    return tol, {"kind": "precision_model", "model": model.__dict__.copy()}
-
-
-cached_enclosure = EnclosureCache(enclose)
-
-
-def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
-    """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
-    tol, source = tolerance_for(case, caps)
-    return judge_against(case, output, tol, source, cached_enclosure, conditioning(case.instance), max_prec=max_prec)
-
-
-def instance_arrays(inst: SoftmaxAttentionInstance) -> dict[str, np.ndarray]:
-    return {"q": inst.q, "k": inst.k, "v": inst.v}
-
-
-def instance_params(inst: SoftmaxAttentionInstance) -> dict[str, Any]:
-    return {
-        "scale": str(inst.scale),
-        "bound": None if inst.bound is None else str(inst.bound),
-        "eps": None if inst.eps is None else str(inst.eps),
-    }
-
-
-def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> SoftmaxAttentionInstance:
-    """Rebuild (and re-validate) an instance from replay-file arrays and JSON parameters."""
-    def frac(x):
-        return None if x is None else Fraction(str(x))
-
-    return make_instance(arrays["q"], arrays["k"], arrays["v"], scale=frac(params["scale"]),
-                         bound=frac(params.get("bound")), eps=frac(params.get("eps")))
-
-
-def iter_families() -> Iterator[str]:
-    yield from FAMILIES
-    yield "hypothesis"
+problem = register(SoftmaxAttention())

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 
@@ -35,11 +35,10 @@ from attnspec.spec.tensor_attention import (
     standard_scale,
 )
 from attnspec.spec.validation import max_abs_exact
-from attnspec.conformance.harness.backends import Capabilities
-from attnspec.conformance.judging.case_common import (ConformanceCase, EnclosureCache, cast_to, derandomized_draws, generate_family_cases, judge_against,
-                          outside_declared_limits)
-from attnspec.conformance.judging.precision_model import contract_tolerance, tensor_tolerance
-from attnspec.conformance.judging.verdict import Verdict
+from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, cast_to, derandomized_draws,
+                                                      exact_params, fraction_or_none)
+from attnspec.conformance.judging.precision_model import tensor_tolerance
+from attnspec.conformance.judging.problems import register
 
 METHOD = "tensor_attention"
 PROFILES = ("quick", "thorough")
@@ -165,24 +164,6 @@ COUNTS = {
 }
 
 
-def _case_from_arrays(family, index, seed, dtype, q, keys, values, scale, bound) -> Case:
-    q = cast_to(q, dtype)
-    keys = [cast_to(x, dtype) for x in keys]
-    values = [cast_to(x, dtype) for x in values]
-    scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
-    b = None
-    if bound is not None:  # rounding to the dtype may nudge an entry past B
-        b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, *keys, *values)))
-    inst = make_instance(q, keys, values, scale=scale, bound=b)
-    return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
-
-
-def generate_cases(profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
-    """The deterministic case list of a profile, for each dtype (see module docstring)."""
-    return generate_family_cases(profile, PROFILES, tuple(dtypes), seed, families=FAMILIES, counts=COUNTS,
-                                 make_case=_case_from_arrays, hypothesis_cases=hypothesis_cases, salt=7)
-
-
 # ---------------------------------------------------------------------------------------------
 # Public hypothesis strategy
 
@@ -220,92 +201,81 @@ def tensor_instances(max_n: int = 8, max_d: int = 4, orders: tuple[int, ...] = (
     return draw_instance()
 
 
-def hypothesis_cases(count: int, dtype: str, big: bool, seed: int) -> list[Case]:
-    """``count`` instances drawn (derandomized) from :func:`tensor_instances`."""
-    drawn = derandomized_draws(tensor_instances(max_n=14 if big else 8, max_d=5 if big else 3, dtype=dtype), count)
-    return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
-
-
 # ---------------------------------------------------------------------------------------------
-# Calling and judging
+# The problem plug-in
 
 
-def call_args(case: Case) -> tuple[tuple, dict]:
-    inst = case.instance
-    return (inst.q, list(inst.keys), list(inst.values)), {"scale": float(inst.scale)}
-
-
-def applicable(case: Case, caps: Capabilities) -> str | None:
-    """None when the backend should run ``case``, else the reason it is not applicable.
+class TensorAttention(InstanceProblem):
+    """Tensor attention ``D⁻¹A(V₁⊘…⊘V_{k−1})``: backend method ``tensor_attention(q, keys, values, *, scale)``.
 
     Contract backends (``contract_eps``) run only on cases inside their declared entry bound B and, when
     they declare ``max_logit_radius`` R_max, with |s|·d·B^k ≤ R_max; without that declaration the
     paper's normalisation |s| ≤ 1/d (so R ≤ B^k) is assumed [S].
     """
-    inst = case.instance
-    if PROBLEM not in caps.problems:
-        return f"backend does not declare {PROBLEM}"
-    if case.dtype not in caps.dtypes:
-        return f"dtype {case.dtype} not declared (declared: {sorted(caps.dtypes)})"
-    if caps.max_n is not None and inst.n > caps.max_n:
-        return f"n = {inst.n} exceeds declared max_n = {caps.max_n}"
-    reason = outside_declared_limits(caps, d=inst.d, max_entry=max(max_abs_exact(x) for x in (inst.q, *inst.keys, *inst.values)),
-                                     scale=inst.scale, order=inst.order)
-    if reason is not None or caps.contract_eps is not None:
-        return reason
-    tol, _ = tolerance_for(case, caps)
-    if not np.isfinite(tol).all():
-        fmt = caps.precision_for(case.dtype).fmt
-        return f"the {fmt} precision model is vacuous here (n^(k-1) = {inst.num_tuples}): nothing can be promised"
-    return None
+
+    name = PROBLEM
+    method = METHOD
+    Case = Case
+    family_recipes = FAMILIES
+    counts = COUNTS
+    salt = 7
+
+    def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Case:
+        q, keys, values, scale, bound = drawn
+        q = cast_to(q, dtype)
+        keys = [cast_to(x, dtype) for x in keys]
+        values = [cast_to(x, dtype) for x in values]
+        scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
+        b = None
+        if bound is not None:  # rounding to the dtype may nudge an entry past B
+            b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, *keys, *values)))
+        inst = make_instance(q, keys, values, scale=scale, bound=b)
+        return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+
+    def hypothesis_cases(self, count: int, dtype: str, big: bool, seed: int) -> list[Case]:
+        """``count`` instances drawn (derandomized) from :func:`tensor_instances`."""
+        drawn = derandomized_draws(tensor_instances(max_n=14 if big else 8, max_d=5 if big else 3, dtype=dtype), count)
+        return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
+
+    def call_args(self, case: Case) -> tuple[tuple, dict]:
+        inst = case.instance
+        return (inst.q, list(inst.keys), list(inst.values)), {"scale": float(inst.scale)}
+
+    def inputs(self, inst: TensorAttentionInstance) -> list[np.ndarray]:
+        return [inst.q, *inst.keys, *inst.values]
+
+    def order(self, inst: TensorAttentionInstance) -> int:
+        return inst.order
+
+    def precision_tolerance(self, inst: TensorAttentionInstance, model: Any) -> np.ndarray:
+        return tensor_tolerance(inst, model)
+
+    def vacuity_detail(self, inst: TensorAttentionInstance) -> str:
+        return f"n^(k-1) = {inst.num_tuples}"
+
+    def conditioning(self, inst: TensorAttentionInstance) -> dict[str, Any]:
+        return conditioning(inst)
+
+    def enclose(self, inst: TensorAttentionInstance, prec: int) -> Any:
+        return enclose(inst, prec)
+
+    def instance_arrays(self, inst: TensorAttentionInstance) -> dict[str, np.ndarray]:
+        out = {"q": inst.q}
+        for m, (k, v) in enumerate(zip(inst.keys, inst.values)):
+            out[f"k{m + 1}"] = k
+            out[f"v{m + 1}"] = v
+        return out
+
+    def instance_params(self, inst: TensorAttentionInstance) -> dict[str, Any]:
+        return {"order": inst.order, **exact_params(inst)}
+
+    def instance_from_files(self, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> TensorAttentionInstance:
+        """Rebuild (and re-validate) an instance from replay-file arrays and JSON parameters."""
+        order = int(params["order"])
+        keys = [arrays[f"k{m + 1}"] for m in range(order - 1)]
+        values = [arrays[f"v{m + 1}"] for m in range(order - 1)]
+        return make_instance(arrays["q"], keys, values, scale=fraction_or_none(params["scale"]),
+                             bound=fraction_or_none(params.get("bound")), eps=fraction_or_none(params.get("eps")))
 
 
-def tolerance_for(case: Case, caps: Capabilities) -> tuple[np.ndarray, dict[str, Any]]:
-    inst = case.instance
-    if caps.contract_eps is not None:
-        return contract_tolerance(caps.contract_eps, inst.output_shape), {"kind": "contract", "eps": caps.contract_eps}
-    model = caps.precision_for(case.dtype)
-    return tensor_tolerance(inst, model), {"kind": "precision_model", "model": model.__dict__.copy()}
-
-
-cached_enclosure = EnclosureCache(enclose)
-
-
-def judge_case(case: Case, output: Any, caps: Capabilities, *, max_prec: int = 1024) -> Verdict:
-    """Certified verdict on a backend's output for ``case``, with evidence and conditioning."""
-    tol, source = tolerance_for(case, caps)
-    return judge_against(case, output, tol, source, cached_enclosure, conditioning(case.instance), max_prec=max_prec)
-
-
-def instance_arrays(inst: TensorAttentionInstance) -> dict[str, np.ndarray]:
-    out = {"q": inst.q}
-    for m, (k, v) in enumerate(zip(inst.keys, inst.values)):
-        out[f"k{m + 1}"] = k
-        out[f"v{m + 1}"] = v
-    return out
-
-
-def instance_params(inst: TensorAttentionInstance) -> dict[str, Any]:
-    return {
-        "order": inst.order,
-        "scale": str(inst.scale),
-        "bound": None if inst.bound is None else str(inst.bound),
-        "eps": None if inst.eps is None else str(inst.eps),
-    }
-
-
-def instance_from_files(arrays: dict[str, np.ndarray], params: dict[str, Any]) -> TensorAttentionInstance:
-    """Rebuild (and re-validate) an instance from replay-file arrays and JSON parameters."""
-    def frac(x):
-        return None if x is None else Fraction(str(x))
-
-    order = int(params["order"])
-    keys = [arrays[f"k{m + 1}"] for m in range(order - 1)]
-    values = [arrays[f"v{m + 1}"] for m in range(order - 1)]
-    return make_instance(arrays["q"], keys, values, scale=frac(params["scale"]), bound=frac(params.get("bound")),
-                         eps=frac(params.get("eps")))
-
-
-def iter_families() -> Iterator[str]:
-    yield from FAMILIES
-    yield "hypothesis"
+problem = register(TensorAttention())
