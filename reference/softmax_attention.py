@@ -13,6 +13,7 @@ Two independent engines:
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 
 import mpmath
@@ -33,15 +34,38 @@ def row_shifts(inst: SoftmaxAttentionInstance) -> np.ndarray:
     return np.where(np.isfinite(m), m, 0.0)
 
 
+def logit_bits(scale, mats: list[np.ndarray], d: int) -> int:
+    """A b ≥ 0 with every |logit| < 2^b: |s|·d·Π_m max|M_m| < 2^(e_s + bitlen(d) + Σ e_m) for the binary
+    exponents e (|x| < 2^e), with no float64 product, so it holds where the logits overflow float64."""
+    if float(scale) == 0:
+        return 0
+    bits = math.frexp(abs(float(scale)))[1] + int(d).bit_length()
+    for m in mats:
+        top = float(np.abs(to_float64(m)).max(initial=0.0))
+        if top == 0:
+            return 0
+        bits += math.frexp(top)[1]
+    return max(0, bits)
+
+
 def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosure:
     """Certified enclosure of Att(Q,K,V) = D⁻¹ exp(s·QKᵀ) V at ``prec`` bits of working precision.
 
-    Every returned ball contains the exact real output entry for the instance's exact inputs.
+    Every returned ball contains the exact real output entry for the instance's exact inputs. Logits
+    of magnitude up to 2^b are computed at ``prec`` + b bits, so that their *absolute* error (what exp
+    turns into a relative error of the weights) is about 2^−prec whatever their size. Beyond
+    :data:`HUGE_LOGIT_BITS` the float64 row maxima are too coarse a shift (exp of the shift's error
+    would dwarf everything) and the shift is the largest logit ball's midpoint instead: any exact
+    number is a valid shift, it cancels in D⁻¹A.
     """
     n, dv = inst.output_shape
-    shifts = row_shifts(inst)
-    with working_precision(prec, threads=default_threads()):
+    bits = logit_bits(inst.scale, [inst.q, inst.k], inst.d)
+    huge = bits > HUGE_LOGIT_BITS
+    shifts = np.zeros(n) if huge else row_shifts(inst)
+    with working_precision(prec + bits, threads=default_threads()):
         flat = shifted_logits(inst, shifts).entries()
+        if huge:
+            flat = _shift_by_row_max(flat, n)
         exp = arb.exp
         weights = arb_mat([list(map(exp, flat[i * n:(i + 1) * n])) for i in range(n)])
         v1 = np.empty((n, dv + 1), dtype=object)
@@ -55,6 +79,19 @@ def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosu
             denom = row[dv]
             out.extend(x / denom for x in row[:dv])
     return Enclosure(balls=out, shape=(n, dv), prec=prec)
+
+
+HUGE_LOGIT_BITS = 40  # below 2^40 the float64 shift is within ~2^-10 of the row maximum
+
+
+def _shift_by_row_max(flat: list, n: int) -> list:
+    """Row-major n×n logit balls minus, per row, the largest midpoint (an exact number)."""
+    out = []
+    for i in range(n):
+        row = flat[i * n:(i + 1) * n]
+        top = max((x.mid() for x in row), key=fraction_of)
+        out.extend(x - top for x in row)
+    return out
 
 
 def shifted_logits(inst: SoftmaxAttentionInstance, shifts: np.ndarray) -> arb_mat:

@@ -31,7 +31,8 @@ from flint import arb, arb_mat
 
 from attnspec.spec.tensor_attention import TensorAttentionInstance, _abs_logit_row_max
 from attnspec.reference.enclosure import Enclosure, arb_matrix, default_threads, exact_arb, working_precision
-from attnspec.reference.softmax_attention import _interval_to_ball, _iv
+from attnspec.reference.enclosure import fraction_of
+from attnspec.reference.softmax_attention import HUGE_LOGIT_BITS, _interval_to_ball, _iv, logit_bits
 
 DEFAULT_PREC = 128
 
@@ -59,8 +60,10 @@ def enclose(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosur
     n, dv = inst.output_shape
     d = inst.d
     outer = len(inst.keys) - 1  # number of outer key indices j₁ … j_{k−2}
-    shifts = row_shifts(inst)
-    with working_precision(prec, threads=default_threads()):
+    bits = logit_bits(inst.scale, [inst.q, *inst.keys], d)  # logits < 2^bits: computed at prec + bits
+    huge = bits > HUGE_LOGIT_BITS
+    shifts = np.zeros(n) if huge else row_shifts(inst)
+    with working_precision(prec + bits, threads=default_threads()):
         q = arb_matrix(inst.q)
         keys = [[[_exact_entry(x) for x in row] for row in k] for k in inst.keys[:-1]]
         vals = [[[_exact_entry(x) for x in row] for row in v] for v in inst.values[:-1]]
@@ -68,17 +71,30 @@ def enclose(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosur
         v_last = arb_matrix(inst.values[-1])
         v_aug = arb_mat([[v_last[r, c] for c in range(dv)] + [arb(1)] for r in range(n)])
         s = exact_arb(inst.scale)
-        neg_shift = [-arb(float(m)) for m in shifts]
-        acc = arb_mat(n, dv + 1)
-        exp = arb.exp
-        for outer_idx in itertools.product(range(n), repeat=outer):
+
+        def block_logits(outer_idx):
             scale_vec = [s] * d  # s · Π_m K_m[j_m, t], per column t
             col = [arb(1)] * dv  # c_l = Π_m V_m[j_m, l]
             for m, j in enumerate(outer_idx):
                 scale_vec = [a * b for a, b in zip(scale_vec, keys[m][j])]
                 col = [a * b for a, b in zip(col, vals[m][j])]
-            logits = (q * _diag(scale_vec)) * k_last_t
-            flat = logits.entries()
+            return ((q * _diag(scale_vec)) * k_last_t).entries(), col
+
+        if huge:  # float64 row maxima are too coarse: shift by the largest logit ball's midpoint (exact)
+            tops: list = [None] * n
+            for outer_idx in itertools.product(range(n), repeat=outer):
+                flat, _ = block_logits(outer_idx)
+                for i in range(n):
+                    row_top = max((x.mid() for x in flat[i * n:(i + 1) * n]), key=fraction_of)
+                    if tops[i] is None or fraction_of(row_top) > fraction_of(tops[i]):
+                        tops[i] = row_top
+            neg_shift = [-t for t in tops]
+        else:
+            neg_shift = [-arb(float(m)) for m in shifts]
+        acc = arb_mat(n, dv + 1)
+        exp = arb.exp
+        for outer_idx in itertools.product(range(n), repeat=outer):
+            flat, col = block_logits(outer_idx)
             weights = arb_mat([[exp(x + neg_shift[i]) for x in flat[i * n:(i + 1) * n]] for i in range(n)])
             acc += (weights * v_aug) * _diag(col + [arb(1)])
         entries = acc.entries()

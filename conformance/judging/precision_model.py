@@ -3,29 +3,39 @@
 The derivation is written out in ``docs/precision-model.md``; this module evaluates it. Summary for
 softmax attention, entry (i, l), arithmetic with unit roundoff u, γ_k = k·u / (1 − k·u):
 
-    S_i  = |s| · max_j Σ_t |q_it k_jt|                 (logit magnitude bound of row i)
-    Δ_i  = γ_{d+4} · S_i                               (logit error, any dot-product order, scale rounding)
+    P_i  = max_j Σ_t |q_it k_jt|,  S_i = |s|·P_i        (logit magnitude bound of row i)
+    Δ_i  = γ_{d+4}·S_i + (1 + γ_{d+4})·λu·(d(1 + 2R_i) + 2) + |Δs|·P_i
+                                                      (logit error: any product order and grouping, gradual
+                                                      underflow of products magnified by a factor ≤ R_i,
+                                                      and the rounding Δs of a non-float scale)
     W_i  = 2 (S_i + Δ_i)                               (max |argument| of any exp, shifted or not)
     α_i  = exp(Δ_i + 2u·W_i) · (1 + 2·c·u)^{R+1} · (1 + u)^{R+n+2} − 1
                                                       (relative perturbation of each weight, incl. sums)
     τ_il = ‖v_{:,l}‖∞ · [2α_i + 2u(1 + α_i)] / (1 − α_i)  +  2n·λ·‖v_{:,l}‖∞  +  (2n + 4)·λ
 
 with c the exp accuracy in ulps, R the number of online-softmax rescalings a weight may undergo
-(≤ ceil(n / block); n when unknown), λ the smallest positive normal of the format (underflow). The
-bound is vacuous (∞) when α_i ≥ 1/2, i.e. when the format cannot say anything for this size. The last
-term covers operations in the subnormal range (absolute errors, flush-to-zero included).
+(≤ ceil(n / block); n when unknown), λ the smallest positive normal of the format (underflow), λu half
+its smallest subnormal, R_i = max(|s|, max_t|q_it|, max|k|, √|s|·max_t|q_it|, √|s|·max|k|) the largest
+factor a rounded partial product of one logit term can still be multiplied by. The bound is vacuous (∞)
+when α_i ≥ 1/2, i.e. when the format cannot say anything for this size. The last term covers operations
+in the subnormal range (absolute errors, flush-to-zero included).
+
+Where an intermediate of some evaluation order could overflow the format, no bound holds:
+:func:`overflow_reason` / :func:`tensor_overflow_reason` name it, and the case is not applicable.
+Derivations (each marked "derived here"): ``docs/precision-model.md``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import numpy as np
 
 from attnspec.spec.dynamic_attention import Op, UpdateK, UpdateV
 from attnspec.spec.softmax_attention import SoftmaxAttentionInstance
-from attnspec.spec.tensor_attention import TensorAttentionInstance, _abs_logit_row_max
+from attnspec.spec.tensor_attention import TensorAttentionInstance, column_kronecker, key_tuple_blocks
 from attnspec.spec.validation import to_float64
 
 UNIT_ROUNDOFF = {
@@ -74,38 +84,157 @@ def _gamma(k: int, u: float) -> float:
     return math.inf if ku >= 1 else ku / (1 - ku)
 
 
-def softmax_tolerance(inst: SoftmaxAttentionInstance, model: PrecisionModel) -> np.ndarray:
-    """Per-entry tolerance τ_il for ``inst`` under ``model`` (formula in the module docstring)."""
-    n, d = inst.n, inst.d
-    u = model.u
-    v = np.abs(to_float64(inst.v))
-    col_norm = v.max(axis=0)  # ‖v_{:,l}‖∞, exact for float inputs
-    if model.exact_rounded:
-        # One rounding of the exact value: relative 2u, or absolute ≤ λ in the subnormal range.
-        tol = 2 * u * col_norm + SMALLEST_NORMAL[model.fmt]
-        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
+FORMAT_MAX = {
+    "float64": float(np.finfo(np.float64).max),
+    "float32": float(np.finfo(np.float32).max),
+    "float16": 65504.0,
+    "bfloat16": float.fromhex("0x1.fep127"),
+}
+_NUMPY_FORMATS = ("float64", "float32", "float16")
+
+
+def _times_half_subnormal(x: np.ndarray | float, fmt: str) -> np.ndarray:
+    """An upper bound of x·λu (λu = half the smallest subnormal of ``fmt``, below float64's range for
+    float64) for x ≥ 0: a power-of-two scaling, exact unless it underflows, then rounded up."""
+    exponent = int(math.log2(UNIT_ROUNDOFF[fmt])) + int(math.log2(SMALLEST_NORMAL[fmt]))
+    return np.ldexp(np.asarray(x, dtype=np.float64), exponent) + 5e-324
+
+
+def _float_up(x: Fraction) -> float:
+    f = float(x)
+    return float(np.nextafter(f, np.inf)) if Fraction(f) < x else f
+
+
+def scale_rounding_error(scale: Fraction, dtype: str, fmt: str) -> float:
+    """Upper bound of |s' − s| over every scale s' a backend may compute with (derived here).
+
+    The backend receives s₆₄ = float(s) (float64, round to nearest) and may round it again to the case
+    dtype or to its arithmetic format; each candidate is computed and compared with s exactly. 0 for
+    every scale that is a float of the case dtype (all generated cases). ∞ when a candidate overflows.
+    """
+    s = Fraction(scale)
+    s64 = float(s)
+    candidates = [s64]
+    for t in {dtype, fmt}:
+        if t in _NUMPY_FORMATS:
+            with np.errstate(over="ignore"):
+                candidates.append(float(np.asarray(s64, dtype=t)))
+    err = Fraction(0)
+    for c in candidates:
+        if not math.isfinite(c):
+            return math.inf
+        err = max(err, abs(Fraction(c) - s))
+    if fmt not in _NUMPY_FORMATS:  # a format numpy cannot round to: its rounding bound instead
+        err += Fraction(UNIT_ROUNDOFF[fmt]) * abs(Fraction(s64)) + Fraction(SMALLEST_NORMAL[fmt]) * Fraction(UNIT_ROUNDOFF[fmt])
+    return _float_up(err)
+
+
+def _case_dtype(x: np.ndarray) -> str:
+    return str(x.dtype) if x.dtype.kind == "f" else "float64"
+
+
+def _product_magnifier(factor_maxima: list[np.ndarray]) -> np.ndarray:
+    """R: the largest product of the factors *outside* a rounded partial product of one logit term.
+
+    A term is a product of F factors (|s|, |q_it|, |k_jt|, … with s possibly split as √s·√s); in any
+    grouping the error of an inner product node is multiplied by the product of the factors outside
+    it: a proper non-empty subset of at most F − 2 factors. Bounded with per-factor maxima."""
+    size = len(factor_maxima)
+    best = np.zeros(np.broadcast(*factor_maxima).shape)
+    for mask in range(1, 2**size):
+        members = [f for b, f in enumerate(factor_maxima) if mask >> b & 1]
+        if len(members) > size - 2:
+            continue
+        prod = np.ones_like(best)
+        for f in members:
+            prod = prod * f
+        best = np.maximum(best, prod)
+    return best
+
+
+def _underflow_logit_error(magnifier: np.ndarray, inner: int, d: int, fmt: str, gamma: float) -> np.ndarray:
+    """Absolute logit error from gradual underflow (derived here, docs/precision-model.md §1b).
+
+    fl(x·y) = xy(1 + δ) + η with |η| ≤ λu (half the smallest subnormal; η = 0 unless the product is
+    subnormal). A term takes ``inner`` + 1 products: the last one's η enters as is, each inner one's is
+    multiplied by the factors outside it, at most R = ``magnifier``; the d terms are summed (additions
+    are exact in the subnormal range, relative errors grow η by at most 1 + γ) and the scale may be
+    applied once more to the sum: |error| ≤ (1 + γ)·λu·(d·(1 + inner·R) + 2)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        units = (d * (1 + inner * magnifier) + 2) * (1 + gamma) * (1 + 2.0**-50)
+    return _times_half_subnormal(units, fmt)
+
+
+def _softmax_magnifier(inst: SoftmaxAttentionInstance) -> np.ndarray:
+    """R_i = max(|s|, max_t|q_it|, max|k|, √|s|·max_t|q_it|, √|s|·max|k|): what a rounded partial
+    product of a term s·q_it·k_jt can still be multiplied by, in any order ((s·q)·k, s·(q·k), q·(s·k),
+    the score scaled after the sum, or (√s·q)·(√s·k))."""
+    s = abs(float(inst.scale)) * (1 + 2.0**-52)
+    root = math.sqrt(s) * (1 + 2.0**-52)
+    q_max = np.abs(to_float64(inst.q)).max(axis=1)
+    k_max = float(np.abs(to_float64(inst.k)).max())
+    return np.maximum.reduce([np.full_like(q_max, s), q_max, np.full_like(q_max, k_max), root * q_max,
+                              np.full_like(q_max, root * k_max)]) * (1 + 2.0**-52)
+
+
+def _unscaled_logit_magnitude(inst: SoftmaxAttentionInstance) -> np.ndarray:
+    """P_i = max_j Σ_t |q_it k_jt|, from float64 and rounded up by its γ_d bound."""
     q = np.abs(to_float64(inst.q))
     k = np.abs(to_float64(inst.k))
+    with np.errstate(over="ignore"):
+        return (q @ k.T).max(axis=1) * (1 + (inst.d + 2) * 2.0**-52)
+
+
+def softmax_tolerance(inst: SoftmaxAttentionInstance, model: PrecisionModel) -> np.ndarray:
+    """Per-entry tolerance τ_il for ``inst`` under ``model`` (formula in the module docstring).
+
+    ``exact_rounded``: the exact answer of the instance with the scale the backend received, rounded
+    once: τ = 2u‖v_{:,l}‖∞ + λ + |Δs|·P_i·‖v_{:,l}‖∞, since |∂o_il/∂s| = |Cov_p(L_i·, v_·l)| ≤
+    ‖v_{:,l}‖∞·(max_j L_ij − min_j L_ij)/2 ≤ P_i‖v_{:,l}‖∞ (L: unscaled logits; derived here).
+    """
+    n, d = inst.n, inst.d
+    u = model.u
+    lam = SMALLEST_NORMAL[model.fmt]
+    v = np.abs(to_float64(inst.v))
+    col_norm = v.max(axis=0)  # ‖v_{:,l}‖∞, exact for float inputs
+    p_row = _unscaled_logit_magnitude(inst)
+    ds = scale_rounding_error(inst.scale, _case_dtype(inst.q), model.fmt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale_shift = np.where(ds == 0, 0.0, ds * p_row)  # |Δs|·P_i: logit change from the scale's rounding
+    if model.exact_rounded:
+        # One rounding of the exact value: relative 2u, or absolute ≤ λ in the subnormal range.
+        with np.errstate(over="ignore", invalid="ignore"):
+            tol = (2 * u + scale_shift[:, None]) * col_norm[None, :] + lam
+        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
     # S_i computed in float64 then inflated: the product of |q||k| entries is a float64 dot with
     # relative error ≤ γ_d(2^-53); the factor (1 + 2^-40) dominates it for every d < 2^12.
-    s_row = abs(float(inst.scale)) * (q @ k.T).max(axis=1) * (1 + (d + 2) * 2.0**-52)
+    with np.errstate(over="ignore", invalid="ignore"):
+        s_row = abs(float(inst.scale)) * (1 + 2.0**-52) * p_row
     rescales = n if model.max_rescales is None else int(model.max_rescales)
-    delta = _gamma(d + 4, u) * s_row
-    w = 2 * (s_row + delta)
-    log_growth = (
-        delta
-        + 2 * u * w
-        + (rescales + 1) * math.log1p(2 * model.exp_ulps * u)
-        + (rescales + n + 2) * math.log1p(u)
-    )
-    alpha = np.expm1(log_growth)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+    gamma = _gamma(d + 4, u)
+    delta = gamma * s_row + _underflow_logit_error(_softmax_magnifier(inst), 2, d, model.fmt, gamma) + scale_shift
+    return _weights_to_tolerance(delta, s_row, n, n, 2, u, lam, model, rescales, col_norm)
+
+
+def _weights_to_tolerance(delta, s_row, n_terms, n_sum, extra_roundings, u, lam, model, rescales, col_norm,
+                          abs_ops: float | None = None) -> np.ndarray:
+    """Steps 2–6 of the derivation from the logit error Δ_i and magnitude S_i (shared by softmax and
+    tensor attention): α_i, the normalisation lemma and the underflow terms."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        w = 2 * (s_row + delta)
+        log_growth = (
+            delta
+            + 2 * u * w
+            + (rescales + 1) * math.log1p(2 * model.exp_ulps * u)
+            + (rescales + n_sum + extra_roundings) * math.log1p(u)
+        )
+        alpha = np.expm1(log_growth)
         row_factor = np.where(alpha < 0.5, (2 * alpha + 2 * u * (1 + alpha)) / (1 - alpha), np.inf)
-    lam = SMALLEST_NORMAL[model.fmt]
     # Underflowing weights (relative to ‖v‖) and operations in the subnormal range, where rounding
     # (or flush-to-zero) errors are absolute, ≤ λ per operation on an output entry (n products,
     # n − 1 additions, division and cast).
-    tol = (row_factor[:, None] + 2 * n * lam) * col_norm[None, :] + (2 * n + 4) * lam
+    ops = (2 * n_terms + 4) if abs_ops is None else abs_ops
+    tol = (row_factor[:, None] + 2 * n_terms * lam) * col_norm[None, :] + ops * lam
     return tol * _EVAL_SLACK
 
 
@@ -128,38 +257,144 @@ def value_column_norms(inst: TensorAttentionInstance) -> np.ndarray:
     return norms * (1 + len(inst.values) * 2.0**-52)
 
 
+def _tensor_unscaled_magnitude(inst: TensorAttentionInstance, block: int = 4096) -> np.ndarray:
+    """P_i = max_J Σ_t |q_it Π_m K_m[j_m, t]| from float64, rounded up by its γ_{d+k} bound."""
+    qa = np.abs(to_float64(inst.q))
+    keys = [np.abs(to_float64(x)) for x in inst.keys]
+    out = np.zeros(inst.n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for t0, t1 in key_tuple_blocks(inst.n, len(keys), block):
+            out = np.maximum(out, (qa @ column_kronecker(keys, (t0, t1)).T).max(axis=1))
+        return out * (1 + (inst.d + inst.order + 2) * 2.0**-52)
+
+
+def _tensor_factor_maxima(inst: TensorAttentionInstance) -> list[np.ndarray]:
+    """Per-row maxima of the k + 1 factors of one logit term: |s|, |q_it|, |K_1[j, t]|, …"""
+    q_max = np.abs(to_float64(inst.q)).max(axis=1)
+    full = lambda x: np.full_like(q_max, x)  # noqa: E731
+    return ([full(abs(float(inst.scale)) * (1 + 2.0**-52)), q_max]
+            + [full(float(np.abs(to_float64(k)).max())) for k in inst.keys])
+
+
 def tensor_tolerance(inst: TensorAttentionInstance, model: PrecisionModel) -> np.ndarray:
-    """Per-entry precision-model tolerance τ_il (derivation: docs/tensor-attention.md).
+    """Per-entry precision-model tolerance τ_il (derivation: docs/tensor-attention.md and, for the
+    underflow and scale terms, docs/precision-model.md).
 
-    With N = n^{k−1} key tuples, S_i = |s|·max_J Σ_t |q_it Π_m K_m[j_m,t]|, u the unit roundoff:
+    With N = n^{k−1} key tuples, P_i = max_J Σ_t |q_it Π_m K_m[j_m,t]|, S_i = |s|·P_i, u the unit
+    roundoff, R_i the largest product of at most k − 1 of the factor maxima (|s|, max|q_i|, max|K_m|):
 
-        Δ_i = γ_{d+k+2} S_i,   W_i = 2(S_i + Δ_i)
+        Δ_i = γ_{d+k+2} S_i + (1 + γ)·λu·(d(1 + (k−1)R_i) + 2) + |Δs|·P_i,   W_i = 2(S_i + Δ_i)
         α_i = exp(Δ_i + 2u W_i)·(1 + 2cu)^{R+1}·(1 + u)^{R+N+k} − 1
         τ_il = ‖V⊘[:, l]‖∞ ([2α_i + 2u(1 + α_i)]/(1 − α_i) + 2Nλ) + ((k+1)N + 4)λ   (∞ if α_i ≥ 1/2)
 
-    k = 2 reproduces the softmax model exactly. R = rescalings (N when unknown), c = exp ulps.
+    k = 2 reproduces the softmax model (up to R_i's √s terms). R = rescalings (N when unknown), c = exp
+    ulps. ``exact_rounded``: 2u‖V⊘[:, l]‖∞ + λ + |Δs|·P_i·‖V⊘[:, l]‖∞ (the scale sensitivity bound).
     """
     d, k = inst.d, inst.order
     big_n = inst.num_tuples
     u = model.u
     lam = SMALLEST_NORMAL[model.fmt]
     col_norm = value_column_norms(inst)
-    if model.exact_rounded:
-        tol = 2 * u * col_norm + lam
-        return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
-    _, _, mag = _abs_logit_row_max(inst)
-    # mag is a float64 evaluation of k-fold products summed over d terms: inflate by its own γ bound.
-    s_row = mag * (1 + (d + k + 2) * 2.0**-52)
+    p_row = _tensor_unscaled_magnitude(inst)
+    ds = scale_rounding_error(inst.scale, _case_dtype(inst.q), model.fmt)
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale_shift = np.where(ds == 0, 0.0, ds * p_row)
+        if model.exact_rounded:
+            tol = (2 * u + scale_shift[:, None]) * col_norm[None, :] + lam
+            return np.broadcast_to(tol * _EVAL_SLACK, inst.output_shape).copy()
+        s_row = abs(float(inst.scale)) * (1 + 2.0**-52) * p_row
     rescales = big_n if model.max_rescales is None else int(model.max_rescales)
-    delta = _gamma(d + k + 2, u) * s_row
-    w = 2 * (s_row + delta)
-    log_growth = (delta + 2 * u * w + (rescales + 1) * math.log1p(2 * model.exp_ulps * u)
-                  + (rescales + big_n + k) * math.log1p(u))
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        alpha = np.expm1(log_growth)
-        row_factor = np.where(alpha < 0.5, (2 * alpha + 2 * u * (1 + alpha)) / (1 - alpha), np.inf)
-    tol = (row_factor[:, None] + 2 * big_n * lam) * col_norm[None, :] + ((k + 1) * big_n + 4) * lam
-    return tol * _EVAL_SLACK
+    gamma = _gamma(d + k + 2, u)
+    magnifier = _product_magnifier(_tensor_factor_maxima(inst))
+    delta = gamma * s_row + _underflow_logit_error(magnifier, k - 1, d, model.fmt, gamma) + scale_shift
+    return _weights_to_tolerance(delta, s_row, big_n, big_n, k, u, lam, model, rescales, col_norm,
+                                 abs_ops=(k + 1) * big_n + 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intermediate overflow: where no bound holds, the case is not applicable (derived here)
+
+
+def _first_overflow(candidates: list[tuple[str, float]], fmt: str) -> str | None:
+    top = FORMAT_MAX[fmt]
+    for what, value in candidates:
+        if not value <= top:  # NaN (inf·0 in the float64 bound) counts as overflow too
+            return f"{what} can reach {value:.3g} > {fmt} max {top:.3g}: the {fmt} precision model gives no bound"
+    return None
+
+
+def _value_sum_bound(col_abs_sums: np.ndarray, n_terms: int, u: float) -> float:
+    # Σ_j |ã_j||v_jl| with weights ã_j ≤ 1 + α ≤ 3/2 after the shift, and any order of n − 1 additions
+    return float(col_abs_sums.max(initial=0.0)) * 1.5 * (1 + _gamma(n_terms + 2, u))
+
+
+def overflow_reason(inst: SoftmaxAttentionInstance, model: PrecisionModel) -> str | None:
+    """Why some evaluation order the softmax precision model allows could overflow ``model.fmt`` on
+    ``inst`` (then no tolerance holds and the case is not applicable), or None.
+
+    Bounds of every intermediate (derived here): products of two of the factors |s|, |q_it|, |k_jt|
+    (or √|s| with one of them), the unscaled scores Σ_t|q_it k_jt| ≤ P_i and the scaled ones ≤ S_i
+    (partial sums included), exp arguments after the shift ≤ W_i = 2(S_i + Δ_i), the weight sums
+    ≤ n(1 + α) and the weighted sums Σ_j ã_j|v_jl| ≤ (1 + α)Σ_j|v_jl| (α ≤ 1/2 where the bound is
+    finite). The ``exact_rounded`` model only needs its output, a convex combination of V, to fit.
+    """
+    if model.exact_rounded:
+        return None
+    fmt, u = model.fmt, model.u
+    q = np.abs(to_float64(inst.q))
+    k = np.abs(to_float64(inst.k))
+    s = abs(float(inst.scale)) * (1 + 2.0**-52)
+    root = math.sqrt(s)
+    with np.errstate(over="ignore", invalid="ignore"):
+        p_row = float(_unscaled_logit_magnitude(inst).max(initial=0.0))
+        q_max, k_max = float(q.max(initial=0.0)), float(k.max(initial=0.0))
+        pair = float((q * k.max(axis=0)).max(initial=0.0)) * (1 + 2.0**-52)  # max over t of |q_it|·max_j|k_jt|
+        s_row = s * p_row
+        candidates = [
+            ("q·kᵀ before scaling", max(pair, p_row)),
+            ("the scaled query or key s·q, s·k", s * max(q_max, k_max)),
+            ("√s·q or √s·k", root * max(q_max, k_max) * (1 + 2.0**-52)),
+            ("the scaled logits s·q·kᵀ", s_row * (1 + _gamma(inst.d + 4, u))),
+            ("a shifted exp argument", 2 * s_row * (1 + _gamma(inst.d + 4, u)) * (1 + 2.0**-50)),
+            ("the weight sum", 1.5 * inst.n * (1 + _gamma(inst.n + 2, u))),
+            ("Σ_j p_j·v_jl (weights ≤ 1 summed over n)", _value_sum_bound(np.abs(to_float64(inst.v)).sum(axis=0), inst.n, u)),
+        ]
+    return _first_overflow(candidates, fmt)
+
+
+def tensor_overflow_reason(inst: TensorAttentionInstance, model: PrecisionModel) -> str | None:
+    """The tensor-attention version of :func:`overflow_reason` (derived here): any product of a subset
+    of the k + 1 factors of a logit term (bounded by the product of per-column maxima), the unscaled and
+    scaled scores, the shifted exp arguments, the weight sum over N = n^{k−1} tuples and the weighted
+    sums, whose partial sums over a subset of the value factors are ≤ (1 + α)·Π_m max(1, Σ_j|V_m[j,l]|)."""
+    if model.exact_rounded:
+        return None
+    fmt, u = model.fmt, model.u
+    s = abs(float(inst.scale)) * (1 + 2.0**-52)
+    cols = [np.abs(to_float64(inst.q))] + [np.abs(to_float64(x)).max(axis=0)[None, :] for x in inst.keys]
+    with np.errstate(over="ignore", invalid="ignore"):
+        worst_product = 0.0
+        for mask in range(1, 2 ** len(cols)):
+            members = [c for b, c in enumerate(cols) if mask >> b & 1]
+            prod = np.ones((inst.n, inst.d))
+            for c in members:
+                prod = prod * c
+            worst_product = max(worst_product, float(prod.max()) * s * (1 + 2.0**-50),
+                                float(prod.max()) * (1 + 2.0**-50) if len(members) > 1 else 0.0)
+        p_row = float(_tensor_unscaled_magnitude(inst).max(initial=0.0))
+        s_row = s * p_row * (1 + _gamma(inst.d + inst.order + 2, u))
+        value_sums = np.ones(inst.output_shape[1])
+        for v in inst.values:
+            value_sums = value_sums * np.maximum(1.0, np.abs(to_float64(v)).sum(axis=0))
+        candidates = [
+            ("a partial product of q and the keys before scaling", worst_product),
+            ("q·(K₁⊘…)ᵀ before scaling", p_row),
+            ("the scaled logits", s_row),
+            ("a shifted exp argument", 2 * s_row * (1 + 2.0**-50)),
+            ("the weight sum", 1.5 * inst.num_tuples * (1 + _gamma(inst.num_tuples + 2, u))),
+            ("Σ_J p_J·Π_m V_m (weights ≤ 1 summed over n^(k-1) tuples)", _value_sum_bound(value_sums, inst.num_tuples, u)),
+        ]
+    return _first_overflow(candidates, fmt)
 
 
 U64 = 2.0**-53

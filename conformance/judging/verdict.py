@@ -6,7 +6,9 @@ lies in the certified interval [max(0, |y − m| − r), |y − m| + r]. With a 
 - **pass**      when the upper end is ≤ τ for every entry;
 - **fail**      when the lower end is > τ for some entry;
 - **undecided** otherwise: the reference is recomputed at twice the precision (radii shrink) up to a
-  cap; still undecided at the cap is reported as undecided and never counted as a pass.
+  cap; still undecided at the cap is reported as undecided and never counted as a pass. A ball that
+  is not finite (NaN or infinite radius: too little working precision for huge logits) decides
+  nothing, so its entry is undecided and refined like any other.
 
 Every comparison is exact. A first vectorised pass uses outward-rounded float64 bounds of the balls
 (``Enclosure.float_bounds``) with error bounds rounded outward; entries it cannot settle are decided from
@@ -148,7 +150,8 @@ def judge(
         verdict = _judge_once(y, enc, tol)
         if verdict.status != UNDECIDED or prec >= max_prec:
             verdict.evidence["prec"] = prec
-            verdict.evidence["max_relative_radius"] = enc.max_relative_radius()
+            with np.errstate(invalid="ignore"):
+                verdict.evidence["max_relative_radius"] = enc.max_relative_radius()
             return verdict
         prec = min(2 * prec, max_prec)
         enc = enclose(prec)
@@ -163,6 +166,8 @@ def _judge_once(y: np.ndarray, enc: Enclosure, tol: np.ndarray) -> Verdict:
     exact: dict[tuple[int, ...], tuple[Fraction, Fraction]] = {}
     if not certain_fail.any():
         for idx in map(tuple, np.argwhere(~certain_pass)):
+            if not enc.ball(idx).is_finite():
+                continue  # a ball that is not finite (too little precision) decides nothing: refine
             lo_e, up_e = _exact_error_bounds(float(y[idx]), enc, idx)
             exact[idx] = (lo_e, up_e)
             t = Fraction(float(tol[idx]))
