@@ -39,8 +39,8 @@ from attnspec.accelerated.array_namespace import array_namespace, namespace_for,
 HEADROOM = 64.0  # max logit − shift allowed before a row is rescaled (e^64 ≈ 6e27: no overflow)
 CANCEL = 2.0**-26  # a normaliser that shrank below this fraction of its old value is recomputed
 
-CAPABILITIES = {"problems": {"dynamic_attention"}, "variants": {"odamv", "oamv"}, "dtypes": {"float64"},
-                "devices": {"cpu", "cuda"}}
+# Both variants (ODAMV and OAMV) are served: the factory's ``normalised`` flag picks one.
+CAPABILITIES = {"problems": {"dynamic_attention"}, "dtypes": {"float64"}, "devices": {"cpu", "cuda"}}
 
 
 def _scaled(numer: float, shift: float) -> float:
@@ -75,7 +75,10 @@ class _DynamicBase:
     def __init__(self, normalised: bool = True, device: str | None = None):
         self.normalised = bool(normalised)
         self.device = device  # None: compute where Init's arrays live; "cpu"/"cuda": move them there
-        self.q = None
+        # Q, K, V (arrays of the structure's namespace) once init has run
+        self.q: Any = None
+        self.k: Any = None
+        self.v: Any = None
 
     # -- validation ----------------------------------------------------------------------------
     def _require_init(self, what: str) -> None:
@@ -281,12 +284,12 @@ class LazyDynamicAttention(_DynamicBase):
         m, self.e0, self.d0, self.c0 = self._full_rows(slice(None))
         self.m = m
         self.v0 = self.xp.asarray(self.v, copy=True)
-        self.v0_next = None
+        self.v0_next: Any = None
         # the worst-case variant also keeps K's snapshot, to recompute a cancelled row mid-rebuild
         self.k0 = self.xp.asarray(self.k, copy=True) if self.spread else None
-        self.k0_next = None
-        self._pk: dict[int, None] = {}
-        self._pv: dict[int, None] = {}
+        self.k0_next: Any = None
+        self._pk: dict[int, Any] = {}
+        self._pv: dict[int, Any] = {}
         self._count = 0
         self._batch: _Batch | None = None
         self.rebuilds = 0

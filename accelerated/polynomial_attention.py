@@ -17,6 +17,7 @@ whole bound from Arb-certified ε and κ.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from fractions import Fraction
@@ -80,7 +81,7 @@ def _plan_cached(n: int, d: int, bound: Fraction, eps: Fraction, scale: Fraction
     rel_target = contract.relative_eps_target(c.eps, c.bound) * POLY_SHARE
     if rel_target >= 1:
         rel_target = Fraction(1, 2)
-    last_error = None
+    last_error: tuple[int, float, float | None] = (0, math.inf, None)
     for shrink in range(12):  # tighten the polynomial while rounding leaves room
         target = float(rel_target) / 4**shrink
         try:
@@ -107,12 +108,12 @@ def _plan_cached(n: int, d: int, bound: Fraction, eps: Fraction, scale: Fraction
         last_error = (poly.degree, float(eta), None if total is None else float(total))
         if float(eta) * 2 * float(c.bound) > float(c.eps):
             break  # rounding alone exceeds ε_a: a better polynomial cannot help
-    g, eta, total = last_error
+    g, eta_f, total_f = last_error
     raise SpecError(
         f"polynomial attention refuses n={n}, d={d}, B={float(c.bound):g}, scale={float(c.scale):g}, "
-        f"eps_a={float(c.eps):g}: float64 evaluation error η ≈ {eta:.3g} (cancellation factor "
+        f"eps_a={float(c.eps):g}: float64 evaluation error η ≈ {eta_f:.3g} (cancellation factor "
         f"e^R·Σ|c_t|Rᵗ at R = {float(radius):g}, degree {g}) leaves the end-to-end bound "
-        f"{'≥ 1' if total is None else f'{total:.3g}'} > eps_a; use a smaller B or |scale|, or a larger eps_a"
+        f"{'≥ 1' if total_f is None else f'{total_f:.3g}'} > eps_a; use a smaller B or |scale|, or a larger eps_a"
     )
 
 

@@ -35,7 +35,8 @@ def _inputs(rng, n: int, d: int):
 
 def matmul_exponents(ns: list[int], taus: list[float], repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
-    square, rect = [], {t: [] for t in taus}
+    square: list[float] = []
+    rect: dict[float, list[float]] = {t: [] for t in taus}
     for n in ns:
         a, b = rng.standard_normal((n, n)), rng.standard_normal((n, n))
         square.append(time_call(lambda: a @ b, repeats=repeats).best)

@@ -97,14 +97,14 @@ def run_benchmark(ns: list[int], d: int, bound: float, eps: float, scale: float,
     q, k, v = _inputs(b_sweep_n, d, 1.0, seed=1)
     exact_b = _time_exact(q, k, v, scale=scale, repeats=repeats)
     for b in b_sweep:
-        row: dict[str, Any] = {"bound": b, "logit_radius": b * b * abs(scale) * d}
+        b_row: dict[str, Any] = {"bound": b, "logit_radius": b * b * abs(scale) * d}
         try:
             p = plan_polynomial_attention(b_sweep_n, d, bound=b, scale=scale, eps=eps)
-            row.update(degree=p.degree, rank=p.rank,
-                       poly_s=_time_poly(q * b, k * b, v * b, scale=scale, bound=b, eps=eps, repeats=repeats))
+            b_row.update(degree=p.degree, rank=p.rank,
+                         poly_s=_time_poly(q * b, k * b, v * b, scale=scale, bound=b, eps=eps, repeats=repeats))
         except SpecError as exc:
-            row["refused"] = str(exc).split(":")[0]
-        b_rows.append(row)
+            b_row["refused"] = str(exc).split(":")[0]
+        b_rows.append(b_row)
     result["b_sweep"] = {"n": b_sweep_n, "sqrt_log_n": math.sqrt(math.log(b_sweep_n)), "exact_s": exact_b, "rows": b_rows}
     return result
 

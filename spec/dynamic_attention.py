@@ -158,12 +158,14 @@ class DynamicState:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(m, n, d, d_v): query rows, keys, key width, value width."""
-        self._require_init("shape")
-        return self.q.shape[0], self.k.shape[0], self.k.shape[1], self.v.shape[1]
+        q, k, v, _ = self._require_init("shape")
+        return q.shape[0], k.shape[0], k.shape[1], v.shape[1]
 
-    def _require_init(self, what: str) -> None:
-        if self.q is None:
+    def _require_init(self, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fraction]:
+        """(Q, K, V, s) of an initialised state; SpecError before Init."""
+        if self.q is None or self.k is None or self.v is None or self.scale is None:
             raise SpecError(f"{what} before Init: the structure holds no Q, K, V yet")
+        return self.q, self.k, self.v, self.scale
 
     def apply(self, op: Op) -> Op:
         """Apply one operation (validated); returns the operation with canonical exact values."""
@@ -174,8 +176,8 @@ class DynamicState:
             self.q, self.k, self.v, self.scale = _as_fractions(q), _as_fractions(k), _as_fractions(v), s
             return Init(q, k, v, s)
         if isinstance(op, (UpdateK, UpdateV)):
-            self._require_init(type(op).__name__)
-            mat, name = (self.k, "K") if isinstance(op, UpdateK) else (self.v, "V")
+            _, k, v, _ = self._require_init(type(op).__name__)
+            mat, name = (k, "K") if isinstance(op, UpdateK) else (v, "V")
             i = _index(op.i, mat.shape[0], f"{type(op).__name__} row i")
             j = _index(op.j, mat.shape[1], f"{type(op).__name__} column j")
             delta = exact_scalar(op.delta, f"{type(op).__name__} delta")
@@ -183,17 +185,17 @@ class DynamicState:
             self.updates += 1
             return type(op)(i, j, op.delta)
         if isinstance(op, Query):
-            self._require_init("Query")
-            i = _index(op.i, self.q.shape[0], "Query row i")
-            j = _index(op.j, self.v.shape[1], "Query column j")
+            q, _, v, _ = self._require_init("Query")
+            i = _index(op.i, q.shape[0], "Query row i")
+            j = _index(op.j, v.shape[1], "Query column j")
             return Query(i, j)
         raise SpecError(f"unknown operation {op!r}")
 
     def logits_row(self, i: int) -> list[Fraction]:
         """The exact logits s·⟨q_i, k_l⟩ of row i for every key l (O(n·d) rational operations)."""
-        self._require_init("logits_row")
-        qi = self.q[i]
-        return [self.scale * sum((a * b for a, b in zip(qi, kl)), Fraction(0)) for kl in self.k]
+        q, k, _, scale = self._require_init("logits_row")
+        qi = q[i]
+        return [scale * sum((a * b for a, b in zip(qi, kl)), Fraction(0)) for kl in k]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ class Trace:
         return state
 
     def to_json(self) -> dict[str, Any]:
-        out = []
+        out: list[dict[str, Any]] = []
         for op in self.ops:
             if isinstance(op, Init):
                 out.append({"op": "init", "q": _encode_matrix(np.asarray(op.q)), "k": _encode_matrix(np.asarray(op.k)),

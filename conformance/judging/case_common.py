@@ -100,11 +100,11 @@ def _no_harvested_constants() -> Iterator[None]:
     except (ImportError, KeyError):
         yield
         return
-    HypothesisProvider._maybe_draw_constant = lambda self, *args, **kwargs: None
+    setattr(HypothesisProvider, "_maybe_draw_constant", lambda self, *args, **kwargs: None)
     try:
         yield
     finally:
-        HypothesisProvider._maybe_draw_constant = original
+        setattr(HypothesisProvider, "_maybe_draw_constant", original)
 
 
 class EnclosureCache:

@@ -119,6 +119,7 @@ class DynamicChecker:
             verdict = Verdict(NOT_APPLICABLE, f"precision-model tolerance {tol:.3g} is vacuous for this trace",
                               {"tolerance": tol})
         else:
+            assert enclose is not None  # the reference returns an enclosure for every Query
             verdict = judge(np.array([[output]]) if _is_number(output) else output, enclose, tol,
                             start_prec=self.start_prec, max_prec=self.max_prec, shape=(1, 1))
             verdict.evidence.update(query=[op.i, op.j], op_index=len(self.trace.ops) - 1,
@@ -193,7 +194,7 @@ def dynamic_state_machine(backend: Any, normalised: bool = True, *, max_n: int =
     from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
 
     save_dir = save_dir if save_dir is not None else os.environ.get(FAILURE_DIR_ENV)
-    label = name or getattr(backend, "__name__", type(backend).__name__)
+    label = str(name or getattr(backend, "__name__", type(backend).__name__))
     grid = [x / 8 for x in range(-8, 9)]
     entry = st.one_of(st.sampled_from(grid), st.floats(-1, 1, allow_nan=False, allow_subnormal=False, width=64))
     deltas = st.one_of(st.sampled_from([0.5, -0.5, 0.25, -0.125, 0.1, -0.1, 1e-3, 2.0**-30, -0.3]),
@@ -342,7 +343,7 @@ def drive_trace(backend: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, scale
         raise TypeError("backend declares dynamic_attention but has no callable dynamic_attention(normalised=...)")
     s = make_structure(factory, bool(normalised))
     s.init(np.asarray(q, dtype=np.float64), np.asarray(k, dtype=np.float64), np.asarray(v, dtype=np.float64), float(scale))
-    answers = []
+    answers: list[float] = []
     for op in decode_ops(ops):
         if isinstance(op, UpdateK):
             s.update_k(op.i, op.j, float(op.delta))
@@ -475,7 +476,7 @@ class DynamicAttention(Problem):
     name = PROBLEM
     method = METHOD
     request_kind = "drive"
-    Case = Case
+    case_type = Case
 
     def families(self) -> list[str]:
         return list(FAMILIES)

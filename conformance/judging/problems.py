@@ -23,7 +23,7 @@ Interface (all methods are pure functions of their arguments; none of them calls
 ``judge(case, output, caps, max_prec=...)``  the certified :class:`Verdict`;
 ``shape(case)``                 the shape numbers reported for the case;
 ``instance_arrays``, ``instance_params``, ``instance_from_files``  the case-file format;
-``Case``                        the case record type (a :class:`ConformanceCase` subclass).
+``case_type``                   the case record type (a :class:`ConformanceCase` subclass).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class Problem(ABC):
     method: ClassVar[str]
     request_kind: ClassVar[str] = "call"
     profiles: ClassVar[tuple[str, ...]] = ("quick", "thorough")
-    Case: ClassVar[type]
+    case_type: ClassVar[type]
 
     @abstractmethod
     def families(self) -> list[str]:
@@ -73,8 +73,9 @@ class Problem(ABC):
         """The number of elements a correct output has."""
 
     @abstractmethod
-    def judge(self, case: Any, output: Any, caps: Any, *, max_prec: int = 1024) -> Any:
-        """The certified verdict on ``output`` for ``case``."""
+    def judge(self, case: Any, output: Any, caps: Any, *, max_prec: int = 1024, tolerance: Any = None) -> Any:
+        """The certified verdict on ``output`` for ``case`` (``tolerance``: as returned by the problem's
+        ``tolerance_for`` before the backend ran, when the problem has one)."""
 
     @abstractmethod
     def shape(self, case: Any) -> list[int] | None:
@@ -126,9 +127,9 @@ def _load() -> None:
     for module in BUILTIN_PROBLEM_MODULES:
         importlib.import_module(module)
     try:
-        entry_points = importlib.metadata.entry_points(group=PROBLEM_ENTRY_POINT_GROUP)
+        entry_points = list(importlib.metadata.entry_points(group=PROBLEM_ENTRY_POINT_GROUP))
     except Exception:  # broken metadata must not hide the built-in problems
-        entry_points = ()
+        entry_points = []
     for ep in entry_points:
         ep.load()
 

@@ -165,7 +165,7 @@ class SoftmaxAttention(InstanceProblem):
 
     name = PROBLEM
     method = METHOD
-    Case = Case
+    case_type = Case
     family_recipes = FAMILIES
     counts = COUNTS
 

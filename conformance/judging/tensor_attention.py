@@ -215,7 +215,7 @@ class TensorAttention(InstanceProblem):
 
     name = PROBLEM
     method = METHOD
-    Case = Case
+    case_type = Case
     family_recipes = FAMILIES
     counts = COUNTS
     salt = 7
