@@ -141,3 +141,80 @@ GARBAGE = {
 for _name, _cls in GARBAGE.items():
     _cls.__name__ = _cls.__qualname__ = f"Garbage_{_name}"
     globals()[_cls.__name__] = _cls
+
+
+class Noisy:
+    """Correct, but prints while loading and on every call (Python-level and straight to fds 1 and 2)."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
+
+    def __init__(self):
+        print("noisy backend loading")
+
+    def attention(self, q, k, v, *, scale):
+        print("noisy stdout line")
+        os.write(2, b"noisy fd-2 line\n")
+        return correct_attention(q, k, v, scale)
+
+
+class Nondeterministic:
+    """Nearly correct, but the last bit of one entry alternates between calls (as an atomic-add
+    reduction's order would make it)."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}, "deterministic": True}
+
+    def __init__(self):
+        self.calls = 0
+
+    def attention(self, q, k, v, *, scale):
+        self.calls += 1
+        y = correct_attention(q, k, v, scale)
+        if self.calls % 2 == 0:
+            y.flat[0] = np.nextafter(y.flat[0], np.inf)
+        return y
+
+
+class AlwaysNaN:
+    """Returns NaNs of the answer's shape on every call (deterministically)."""
+
+    def attention(self, q, k, v, *, scale):
+        return np.full((q.shape[0], v.shape[1]), np.nan)
+
+
+class SpawnsSleeper:
+    """Correct, but leaves a ``sleep 60`` child running after each call (for the orphan tests)."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
+
+    def attention(self, q, k, v, *, scale):
+        import subprocess
+
+        subprocess.Popen(["sleep", "60"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return correct_attention(q, k, v, scale)
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group ``pgid`` that are not zombies (from /proc)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended while we looked
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            members.append(int(entry))
+    return members
+
+
+def group_is_gone(pgid: int, within: float = 10.0) -> bool:
+    """Whether process group ``pgid`` has no live member, waiting up to ``within`` seconds for SIGKILLs
+    already sent to be delivered (a kill is asynchronous; the deadline is a bound, not a measurement)."""
+    deadline = time.monotonic() + within
+    while live_group_members(pgid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True

@@ -1,215 +1,375 @@
 """Running untrusted backends so that one bad case costs one case, never the run.
 
-:class:`ProcessRunner` loads the backend once in a spawned worker process and sends it one call at a
-time. An exception in the backend comes back as an error result; a crash (segfault, ``os._exit``) or a
-call exceeding the per-case timeout kills the worker, which is restarted for the next case. Arrays travel
-as ``.npz`` bytes loaded with ``allow_pickle=False``; everything else as JSON.
+Both runners answer :meth:`request(kind, target, args, kwargs, *, max_output_elements=None)
+<ProcessRunner.request>` with a :class:`CallResult`:
 
-:class:`InProcessRunner` calls the backend directly (fast; for the pytest plugin and trusted code). It
-catches exceptions but cannot stop a hang; its timeout is reported only after the call returns.
+- ``kind == "call"``: ``backend.<target>(*args, **kwargs)`` (``target`` a public method name);
+- ``kind == "drive"``: a registered problem's worker-side driver,
+  ``get_problem(target).drive(backend, *args, **kwargs)`` (a stateful problem runs whole in the worker).
+
+Anything else is refused (error kind ``bad_request``) without running anything. ``call(method, *args,
+**kwargs)`` is shorthand for a ``"call"`` request.
+
+:class:`ProcessRunner` loads the backend once in a spawned worker (see
+:mod:`~attnspec.conformance.harness.worker_process`): its own session, killed as a whole group after a
+timeout, a crash and at :meth:`~ProcessRunner.close`; dead with the harness; an address-space limit; its
+stdout and stderr captured per request. :class:`InProcessRunner` calls the backend directly (for trusted
+code and the pytest plugin): it hands the backend copies of the arrays, captures fd-level output, restores
+numpy's error state, and turns every ``BaseException`` except ``KeyboardInterrupt`` into an error result.
+It cannot stop a hang or a crash; its timeout is reported only after the call returns.
+
+Error kinds (``CallResult.error_kind``), see :data:`ERROR_KINDS`.
 """
 
 from __future__ import annotations
 
-import functools
-import importlib
+import atexit
+import contextlib
 import io
-import json
+import math
 import multiprocessing as mp
+import os
+import signal
+import sys
+import tempfile
+import threading
 import time
-import traceback
+import weakref
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from attnspec.conformance.harness.backends import Capabilities, load_backend, read_capabilities
+from attnspec.conformance.harness.worker_process import (
+    CAPTURE_LIMIT,
+    REQUEST_KINDS,
+    answer,
+    read_capture,
+    worker_main,
+)
+from attnspec.conformance.harness.worker_protocol import (
+    ARRAY_BYTES_SLACK,
+    HEADER_LIMIT_REPLY,
+    BadOutput,
+    PayloadError,
+    coerce_output,
+    copy_arrays,
+    decode_payload,
+    encode_payload,
+    recv_payload,
+    same_bits,
+    send_split,
+    split_payload,
+)
+
+ERROR_KINDS = {
+    "load": "the backend could not be loaded (or its worker died while loading)",
+    "bad_request": "the request names no method of the backend or no driven problem (nothing ran)",
+    "bad_input": "the arguments cannot be sent to the worker without pickle (e.g. object arrays)",
+    "exception": "the backend raised (any BaseException: SystemExit and KeyboardInterrupt included)",
+    "memory": "the backend ran out of memory under the worker's limit (MemoryError)",
+    "crash": "the worker process died during the call (exit code or signal in the message)",
+    "timeout": "no answer within the per-call timeout (the worker's process group was killed)",
+    "bad_output": "the output is not a real numeric array, or is larger than the request allows",
+    "protocol": "the worker's reply was malformed (the worker was killed)",
+    "nondeterministic": "two identical calls of a backend declaring deterministic differ bitwise",
+}
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+# The worker's address-space limit unless told otherwise: min(8 GiB, half the physical memory). GPU
+# backends usually need it raised or disabled (``memory_limit_bytes=None``): CUDA maps virtual ranges far
+# larger than the memory it uses.
+DEFAULT_MEMORY_LIMIT: int = min(8 << 30, (_physical_memory() or (16 << 30)) // 2)
 
 
 @dataclass
 class CallResult:
-    """What a backend call produced: ``output`` on success, else ``error`` (kind + message)."""
+    """What a backend call produced: ``output`` on success, else ``error_kind`` (one of
+    :data:`ERROR_KINDS`) and ``error``. ``captured``: what the backend wrote to stdout/stderr during
+    the call (at most about 4 KiB; a longer capture keeps its head and tail and notes the total)."""
 
     ok: bool
     output: Any = None
     error_kind: str = ""
     error: str = ""
     seconds: float = 0.0
+    captured: str = ""
 
 
-def encode_payload(obj: Any) -> bytes:
-    """Serialise nested lists/dicts of JSON scalars and numpy arrays without pickle."""
-    arrays: dict[str, np.ndarray] = {}
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, np.ndarray) or (hasattr(x, "__array__") and not isinstance(x, (int, float, str))):
-            arr = np.asarray(x)
-            if arr.dtype.hasobject:  # np.savez would pickle it, and the receiver must never unpickle
-                raise TypeError(f"cannot send an object array ({arr.dtype}) without pickle")
-            key = f"a{len(arrays)}"
-            arrays[key] = arr
-            return {"__array__": key}
-        if isinstance(x, (list, tuple)):
-            return [walk(v) for v in x]
-        if isinstance(x, dict):
-            return {str(k): walk(v) for k, v in x.items()}
-        if isinstance(x, (np.floating, np.integer)):
-            return x.item()
-        return x
-
-    header = json.dumps(walk(obj)).encode()
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return len(header).to_bytes(8, "little") + header + buf.getvalue()
+def check_timeout(timeout: Any, *, allow_none: bool = False) -> float | None:
+    """``timeout`` as a float if it is a finite number of seconds > 0 (or None where allowed)."""
+    if timeout is None and allow_none:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return float(timeout)
 
 
-def decode_payload(data: bytes) -> Any:
-    """Inverse of :func:`encode_payload` (never unpickles)."""
-    size = int.from_bytes(data[:8], "little")
-    header = json.loads(data[8:8 + size].decode())
-    with np.load(io.BytesIO(data[8 + size:]), allow_pickle=False) as npz:
-        arrays = {k: npz[k] for k in npz.files}
-
-    def walk(x: Any) -> Any:
-        if isinstance(x, dict):
-            if set(x) == {"__array__"}:
-                return arrays[x["__array__"]]
-            return {k: walk(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [walk(v) for v in x]
-        return x
-
-    return walk(header)
+def check_memory_limit(limit: Any) -> int | None:
+    if limit is None:
+        return None
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise ValueError(f"memory_limit_bytes must be a positive integer or None, got {limit!r}")
+    return limit
 
 
-DRIVER_PREFIX = "driver:"
+def _check_request(kind: Any, target: Any, args: Any, kwargs: Any) -> str | None:
+    if kind not in REQUEST_KINDS:
+        return f"unknown request kind {kind!r}; known: {', '.join(REQUEST_KINDS)}"
+    if not isinstance(target, str):
+        return f"request target must be a string, got {type(target).__name__}"
+    if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
+        return "request args must be a sequence and kwargs a dict"
+    return None
 
 
-def resolve_method(backend: Any, method: str) -> Any:
-    """The callable a request names: a backend method, or ``driver:attnspec.<module>:<function>``, one of
-    attnspec's own drivers called as ``function(backend, *args)`` (a stateful problem, such as a
-    dynamic-attention trace, runs whole inside the worker). Only attnspec's modules may be named."""
-    if not method.startswith(DRIVER_PREFIX):
-        return getattr(backend, method)
-    module_name, _, attr = method[len(DRIVER_PREFIX):].partition(":")
-    if not module_name.startswith("attnspec.") or not attr:
-        raise ValueError(f"driver {method!r} is not one of attnspec's")
-    function = getattr(importlib.import_module(module_name), attr)
-    return functools.partial(function, backend)
+def check_deterministic(runner: Any, kind: str, target: str, args: Sequence[Any], kwargs: dict[str, Any], *,
+                        max_output_elements: int | None = None) -> CallResult:
+    """The same request twice; the first result if both succeed with the same bits (dtype, shape and every
+    entry; a NaN equals any NaN), else the first failure, else an error of kind ``nondeterministic``
+    (whose ``output`` is the first output)."""
+    first = runner.request(kind, target, args, kwargs, max_output_elements=max_output_elements)
+    if not first.ok:
+        return first
+    second = runner.request(kind, target, args, kwargs, max_output_elements=max_output_elements)
+    if not second.ok:
+        return second
+    difference = same_bits(first.output, second.output)
+    if difference is None:
+        return first
+    return CallResult(False, output=first.output, error_kind="nondeterministic", error=difference,
+                      seconds=first.seconds + second.seconds, captured=first.captured)
 
 
-def _worker_main(conn, spec: str) -> None:
-    try:
-        backend = load_backend(spec)
-        conn.send_bytes(encode_payload({"ok": True, "capabilities": read_capabilities(backend).to_json()}))
-    except BaseException as exc:  # report and stop: nothing can run without a backend
-        conn.send_bytes(encode_payload({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+# --------------------------------------------------------------------------- live workers
+
+
+_LIVE: "weakref.WeakSet[ProcessRunner]" = weakref.WeakSet()
+_handlers_installed = False
+
+
+def kill_live_workers() -> None:
+    """Kill every live worker's process group (at exit and on SIGTERM)."""
+    for runner in list(_LIVE):
+        runner._kill_group()
+
+
+def _on_sigterm(previous: Any) -> Any:
+    def handler(signum: int, frame: Any) -> None:
+        kill_live_workers()
+        if callable(previous):
+            previous(signum, frame)
+        else:  # the default action: die of SIGTERM, as without this handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+
+    return handler
+
+
+def _install_handlers() -> None:
+    global _handlers_installed
+    if _handlers_installed:
         return
-    while True:
-        try:
-            request = decode_payload(conn.recv_bytes())
-        except EOFError:
-            return
-        t0 = time.perf_counter()
-        try:
-            output = resolve_method(backend, request["method"])(*request["args"], **request["kwargs"])
-            if not isinstance(output, (int, float)):
-                output = _to_numpy(output)
-            reply = {"ok": True, "output": output, "seconds": time.perf_counter() - t0}
-        except BaseException as exc:
-            reply = {
-                "ok": False,
-                "error_kind": "exception",
-                "error": f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=4)}",
-                "seconds": time.perf_counter() - t0,
-            }
-        try:
-            conn.send_bytes(encode_payload(reply))
-        except Exception as exc:  # unserialisable output (object arrays, strings…) is garbage
-            conn.send_bytes(encode_payload({"ok": False, "error_kind": "bad_output", "error": f"output cannot be read as a numeric array: {exc}"}))
+    _handlers_installed = True
+    atexit.register(kill_live_workers)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is not signal.SIG_IGN and previous is not None:
+            signal.signal(signal.SIGTERM, _on_sigterm(previous))
 
 
-def _to_numpy(output: Any) -> np.ndarray:
-    if hasattr(output, "get") and type(output).__module__.startswith("cupy"):
-        output = output.get()
-    if hasattr(output, "detach") and hasattr(output, "cpu"):
-        output = output.detach().cpu().numpy()
-    arr = np.asarray(output)
-    if arr.dtype == object:
-        raise TypeError(f"backend returned an object array ({type(output).__name__})")
-    return arr
+# --------------------------------------------------------------------------- ProcessRunner
 
 
 class ProcessRunner:
-    """A backend in a worker process, with per-call timeout and restart after a crash or hang."""
+    """A backend in a worker process, with a per-call timeout, a memory limit, and a restart after a
+    crash or hang.
 
-    def __init__(self, spec: str, timeout: float = 60.0):
+    ``memory_limit_bytes``: the worker's ``RLIMIT_AS`` (default :data:`DEFAULT_MEMORY_LIMIT`; ``None``
+    for no limit, which GPU backends may need)."""
+
+    def __init__(self, spec: str, timeout: float = 60.0, memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT):
         self.spec = spec
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)
+        self.memory_limit_bytes = check_memory_limit(memory_limit_bytes)
         self._ctx = mp.get_context("spawn")
-        self._proc = None
-        self._conn = None
+        self._proc: Any = None
+        self._conn: Any = None
+        self._capture_fd: int | None = None
         self.capabilities: Capabilities | None = None
         self.load_error: str | None = None
+        self.load_captured = ""
+        _install_handlers()
         self._start()
 
+    # -- worker lifecycle
+
     def _start(self) -> None:
+        fd, path = tempfile.mkstemp(prefix="attnspec-worker-", suffix=".out")
+        self._capture_fd = fd
         parent, child = self._ctx.Pipe()
-        self._proc = self._ctx.Process(target=_worker_main, args=(child, self.spec), daemon=True)
-        self._proc.start()
-        child.close()
-        self._conn = parent
-        if not parent.poll(max(self.timeout, 120.0)):
-            self.load_error = "backend did not load within the time limit"
-            self._kill()
-            return
+        self._proc = self._ctx.Process(target=worker_main, args=(child, self.spec, os.getpid(), self.memory_limit_bytes, path), daemon=True)
         try:
-            hello = decode_payload(parent.recv_bytes())
-        except (EOFError, OSError):
-            self.load_error = "backend process died while loading"
-            self._kill()
+            self._proc.start()
+        finally:
+            child.close()
+        _LIVE.add(self)
+        self._conn = parent
+        try:
+            if not parent.poll(max(self.timeout, 120.0)):
+                self._fail_load("backend did not load within the time limit")
+                return
+            hello = recv_payload(parent, header_limit=HEADER_LIMIT_REPLY, max_array_bytes=0)
+        except (EOFError, OSError, PayloadError):
+            self._fail_load(None)
             return
-        if hello["ok"]:
+        finally:
+            os.unlink(path)  # the worker and this process hold it open; nothing is left behind
+        self.load_captured = str(hello.get("captured", "")) if isinstance(hello, dict) else ""
+        if isinstance(hello, dict) and hello.get("ok") is True:
             self.capabilities = Capabilities.from_json(hello["capabilities"])
             self.load_error = None
         else:
-            self.load_error = hello["error"]
-            self._kill()
+            self._fail_load(str(hello.get("error")) if isinstance(hello, dict) else "malformed hello from the worker")
 
-    def _kill(self) -> None:
-        if self._proc is not None and self._proc.is_alive():
-            self._proc.kill()
+    def _fail_load(self, message: str | None) -> None:
+        captured = self._read_capture()
+        code = self._kill()
+        self.load_error = message or f"backend process died while loading ({describe_exit(code)})"
+        if captured and not self.load_captured:
+            self.load_captured = captured
+
+    def _kill_group(self) -> None:
+        """SIGKILL the worker's process group, and the worker itself (before its ``setsid``, the group
+        is not yet its own). Never after the worker was reaped: its pid could be reused."""
+        proc = self._proc
+        if proc is None or proc.pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            proc.kill()
+
+    def _kill(self) -> int | None:
+        """Kill the worker's group, reap the worker, and return its exit code (read only after join)."""
+        code = None
         if self._proc is not None:
-            self._proc.join(5)
-        self._proc = None
+            self._kill_group()
+            self._proc.join()
+            code = self._proc.exitcode
+            _LIVE.discard(self)
+        if self._conn is not None:
+            self._conn.close()
+        if self._capture_fd is not None:
+            os.close(self._capture_fd)
+        self._proc = self._conn = self._capture_fd = None
+        return code
+
+    def _read_capture(self) -> str:
+        if self._capture_fd is None:
+            return ""
+        try:
+            return read_capture(self._capture_fd, os.fstat(self._capture_fd).st_size)
+        except OSError:
+            return ""
+
+    def _worker_exited(self) -> bool:
+        """Whether the worker has exited, without reaping it (so its pid stays reserved)."""
+        try:
+            return os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+        except ChildProcessError:
+            return True
+
+    # -- requests
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> CallResult:
+        """``backend.<method>(*args, **kwargs)`` in the worker (a ``"call"`` request)."""
+        return self.request("call", method, args, kwargs)
+
+    def check_deterministic(self, kind: str, target: str, args: Sequence[Any], kwargs: dict[str, Any], *,
+                            max_output_elements: int | None = None) -> CallResult:
+        """:func:`check_deterministic` on this runner."""
+        return check_deterministic(self, kind, target, args, kwargs, max_output_elements=max_output_elements)
+
+    def request(self, kind: str, target: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                max_output_elements: int | None = None) -> CallResult:
+        """One request to the worker (see the module docstring). An output with more than
+        ``max_output_elements`` entries is refused in the worker before it is sent, and a reply larger
+        than ``16 · max_output_elements`` bytes plus slack is refused here before it is read."""
+        kwargs = {} if kwargs is None else kwargs
+        problem = _check_request(kind, target, args, kwargs)
+        if problem is not None:
+            return CallResult(False, error_kind="bad_request", error=problem)
+        if max_output_elements is not None and (isinstance(max_output_elements, bool) or not isinstance(max_output_elements, int) or max_output_elements < 0):
+            return CallResult(False, error_kind="bad_request", error=f"max_output_elements must be an integer ≥ 0, got {max_output_elements!r}")
         if self._proc is None:
             self._start()
             if self.load_error:
-                return CallResult(False, error_kind="load", error=self.load_error)
-        t0 = time.perf_counter()
+                return CallResult(False, error_kind="load", error=self.load_error, captured=self.load_captured)
+        message = {"kind": kind, "target": target, "args": list(args), "kwargs": kwargs, "max_output_elements": max_output_elements}
         try:
-            request = encode_payload({"method": method, "args": list(args), "kwargs": kwargs})
+            header, arrays = split_payload(message)
         except TypeError as exc:  # e.g. exact-rational (object) inputs: they cannot cross without pickle
             return CallResult(False, error_kind="bad_input", error=str(exc))
+        cap = max_output_elements * 16 + ARRAY_BYTES_SLACK if max_output_elements is not None else self.memory_limit_bytes
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout
+        wait = lambda: self._conn.poll(max(0.0, deadline - time.monotonic()))  # noqa: E731
         try:
-            self._conn.send_bytes(request)
-            if not self._conn.poll(self.timeout):
-                self._kill()
-                return CallResult(False, error_kind="timeout", error=f"no answer within {self.timeout:g} s (worker killed)", seconds=time.perf_counter() - t0)
-            reply = decode_payload(self._conn.recv_bytes())
-        except (EOFError, OSError, BrokenPipeError):
-            code = self._proc.exitcode if self._proc is not None else None
+            send_split(self._conn, header, arrays)
+            if not wait():
+                return self._timeout(t0)
+            reply = recv_payload(self._conn, header_limit=HEADER_LIMIT_REPLY, max_array_bytes=cap, wait=wait)
+        except TimeoutError:
+            return self._timeout(t0)
+        except (EOFError, OSError):
+            captured = self._read_capture()
+            code = self._kill()
+            return CallResult(False, error_kind="crash", error=f"backend process died ({describe_exit(code)})",
+                              seconds=time.perf_counter() - t0, captured=captured)
+        except PayloadError as exc:  # the stream is out of step: this worker cannot be trusted further
+            captured = self._read_capture()
             self._kill()
-            return CallResult(False, error_kind="crash", error=f"backend process died (exit code {code})", seconds=time.perf_counter() - t0)
-        if reply["ok"]:
-            return CallResult(True, output=reply["output"], seconds=reply["seconds"])
-        return CallResult(False, error_kind=reply.get("error_kind", "exception"), error=reply["error"], seconds=reply.get("seconds", 0.0))
+            kind_ = "bad_output" if "more than" in str(exc) else "protocol"
+            return CallResult(False, error_kind=kind_, error=f"{exc} (worker killed)", seconds=time.perf_counter() - t0, captured=captured)
+        return self._result(reply, t0, max_output_elements)
+
+    def _timeout(self, t0: float) -> CallResult:
+        exited = self._worker_exited()
+        captured = self._read_capture()
+        code = self._kill()
+        if exited:  # it died, but a process it had forked held the pipe open until now
+            return CallResult(False, error_kind="crash", error=f"backend process died ({describe_exit(code)}); "
+                              "a process it spawned kept its pipe open until the timeout", seconds=time.perf_counter() - t0, captured=captured)
+        return CallResult(False, error_kind="timeout", error=f"no answer within {self.timeout:g} s (worker and its processes killed)",
+                          seconds=time.perf_counter() - t0, captured=captured)
+
+    def _result(self, reply: Any, t0: float, max_output_elements: int | None) -> CallResult:
+        if not isinstance(reply, dict) or not isinstance(reply.get("ok"), bool):
+            self._kill()
+            return CallResult(False, error_kind="protocol", error="malformed reply from the worker (worker killed)", seconds=time.perf_counter() - t0)
+        captured = str(reply.get("captured", ""))[: 2 * CAPTURE_LIMIT]
+        seconds = reply.get("seconds", 0.0)
+        seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
+        if not reply["ok"]:
+            kind = reply.get("error_kind") if reply.get("error_kind") in ERROR_KINDS else "exception"
+            return CallResult(False, error_kind=kind, error=str(reply.get("error", "")), seconds=seconds, captured=captured)
+        try:  # the worker checked already; the check is repeated because the pipe is not proof
+            output = coerce_output(reply.get("output"), max_output_elements)
+        except BadOutput as exc:
+            return CallResult(False, error_kind="bad_output", error=str(exc), seconds=seconds, captured=captured)
+        return CallResult(True, output=output, seconds=seconds, captured=captured)
 
     def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
+        """Kill the worker and every process of its group."""
         self._kill()
 
     def __enter__(self) -> "ProcessRunner":
@@ -218,36 +378,131 @@ class ProcessRunner:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._kill_group()
+
+
+def describe_exit(code: int | None) -> str:
+    """A worker's exit code in words: ``exit code 7``, ``killed by SIGSEGV``; SIGKILL notes the kernel's
+    out-of-memory killer, which kills that way."""
+    if code is None:
+        return "exit status unknown"
+    if code >= 0:
+        return f"exit code {code}"
+    try:
+        name = signal.Signals(-code).name
+    except ValueError:
+        name = f"signal {-code}"
+    note = " (by the backend, or by the kernel's out-of-memory killer)" if -code == signal.SIGKILL else ""
+    return f"killed by {name}{note}"
+
+
+# --------------------------------------------------------------------------- InProcessRunner
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[list[str]]:
+    """Redirect fds 1 and 2 and ``sys.stdout``/``sys.stderr`` to a temporary file for the duration; the
+    yielded list receives the (truncated) text at exit. Restored in ``finally``, whatever happened."""
+    result: list[str] = []
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    saved_streams = (sys.stdout, sys.stderr)
+    with tempfile.TemporaryFile() as tmp:
+        text_stream = io.TextIOWrapper(os.fdopen(os.dup(tmp.fileno()), "wb"), errors="replace", line_buffering=True)
+        try:
+            os.dup2(tmp.fileno(), 1)
+            os.dup2(tmp.fileno(), 2)
+            sys.stdout = sys.stderr = text_stream
+            yield result
+        finally:
+            with contextlib.suppress(Exception):
+                text_stream.flush()
+            sys.stdout, sys.stderr = saved_streams
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            with contextlib.suppress(Exception):
+                text_stream.close()
+            result.append(read_capture(tmp.fileno(), os.fstat(tmp.fileno()).st_size))
+
+
+@contextlib.contextmanager
+def numpy_state_restored() -> Iterator[None]:
+    """numpy's floating-point error handling and print options as they were, after the block."""
+    err, call, printopts = np.geterr(), np.geterrcall(), np.get_printoptions()
+    try:
+        yield
+    finally:
+        np.seterr(**err)
+        np.seterrcall(call)
+        with contextlib.suppress(Exception):
+            np.set_printoptions(**printopts)
+
 
 class InProcessRunner:
-    """A backend called directly; exceptions become error results."""
+    """A backend called directly; every ``BaseException`` but ``KeyboardInterrupt`` becomes an error
+    result (a Ctrl-C must still stop the run; in a worker, a backend's KeyboardInterrupt costs its case).
+
+    The backend receives writeable copies of the arrays (a correct kernel may scale ``q`` in place; the
+    caller's arrays never change) and its output is copied and coerced as in a worker."""
 
     def __init__(self, spec_or_backend: Any, timeout: float | None = None):
         self.spec = spec_or_backend if isinstance(spec_or_backend, str) else repr(spec_or_backend)
-        self.timeout = timeout
-        self.load_error = None
-        self.capabilities = None
+        self.timeout = check_timeout(timeout, allow_none=True)
+        self.load_error: str | None = None
+        self.load_captured = ""
+        self.capabilities: Capabilities | None = None
+        self.backend: Any = None
+        holder: list[str] = []
         try:
-            self.backend = load_backend(spec_or_backend) if isinstance(spec_or_backend, str) else spec_or_backend
-            self.capabilities = read_capabilities(self.backend)
-        except Exception as exc:
+            with captured_output() as holder, numpy_state_restored():
+                self.backend = load_backend(spec_or_backend) if isinstance(spec_or_backend, str) else spec_or_backend
+                self.capabilities = read_capabilities(self.backend)
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
             self.backend = None
             self.load_error = f"{type(exc).__name__}: {exc}"
+        self.load_captured = holder[0] if holder else ""
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> CallResult:
+        """``backend.<method>(*args, **kwargs)`` (a ``"call"`` request)."""
+        return self.request("call", method, args, kwargs)
+
+    def check_deterministic(self, kind: str, target: str, args: Sequence[Any], kwargs: dict[str, Any], *,
+                            max_output_elements: int | None = None) -> CallResult:
+        """:func:`check_deterministic` on this runner."""
+        return check_deterministic(self, kind, target, args, kwargs, max_output_elements=max_output_elements)
+
+    def request(self, kind: str, target: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                max_output_elements: int | None = None) -> CallResult:
+        """One request, answered exactly as a worker would (see the module docstring)."""
+        kwargs = {} if kwargs is None else kwargs
+        problem = _check_request(kind, target, args, kwargs)
+        if problem is not None:
+            return CallResult(False, error_kind="bad_request", error=problem)
         if self.backend is None:
             return CallResult(False, error_kind="load", error=self.load_error or "no backend")
-        t0 = time.perf_counter()
-        try:
-            out = resolve_method(self.backend, method)(*args, **kwargs)
-            if not isinstance(out, (int, float)):
-                out = _to_numpy(out)
-        except Exception as exc:
-            return CallResult(False, error_kind="exception", error=f"{type(exc).__name__}: {exc}", seconds=time.perf_counter() - t0)
-        seconds = time.perf_counter() - t0
+        message = {"kind": kind, "target": target, "args": copy_arrays(list(args)), "kwargs": copy_arrays(kwargs),
+                   "max_output_elements": max_output_elements}
+        holder: list[str] = []
+        with captured_output() as holder, numpy_state_restored():
+            reply = answer(self.backend, message, None, reraise=(KeyboardInterrupt,))
+        captured = holder[0] if holder else ""
+        seconds = reply.get("seconds", 0.0)
+        if not reply["ok"]:
+            return CallResult(False, error_kind=reply["error_kind"], error=reply["error"], seconds=seconds, captured=captured)
         if self.timeout is not None and seconds > self.timeout:
-            return CallResult(False, error_kind="timeout", error=f"call took {seconds:.1f} s > {self.timeout:g} s", seconds=seconds)
-        return CallResult(True, output=out, seconds=seconds)
+            return CallResult(False, error_kind="timeout", error=f"call took {seconds:.1f} s > {self.timeout:g} s", seconds=seconds, captured=captured)
+        output = reply["output"]
+        if isinstance(output, np.ndarray):  # the backend may keep and later overwrite what it returned
+            output = output.copy()
+        return CallResult(True, output=output, seconds=seconds, captured=captured)
 
     def close(self) -> None:
         pass
@@ -257,3 +512,9 @@ class InProcessRunner:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+__all__ = [
+    "CallResult", "ProcessRunner", "InProcessRunner", "check_deterministic", "encode_payload", "decode_payload",
+    "DEFAULT_MEMORY_LIMIT", "ERROR_KINDS", "describe_exit", "kill_live_workers",
+]
