@@ -412,7 +412,9 @@ class History:
     n: int = 0
     d: int = 0
     scale: float = 1.0
+    scale_error: float = 0.0  # |float(s) − s| for a scale that is not a float64
     q_l1: float = 0.0
+    q_max: float = 0.0
     k_max: float = 0.0
     v_max: float = 0.0
     logit_lo: float = math.inf
@@ -434,7 +436,9 @@ class History:
         q, k, v = (to_float64(x) for x in (state.q, state.k, state.v))
         self._q = q
         self.n, self.d, self.scale = k.shape[0], k.shape[1], float(state.scale)
+        self.scale_error = _float_up(abs(Fraction(self.scale) - Fraction(state.scale)))
         self.q_l1 = float(np.abs(q).sum(axis=1).max())
+        self.q_max = float(np.abs(q).max())
         self.k_max = float(np.abs(k).max())
         self.v_max = float(np.abs(v).max())
         self._see_logits(self.scale * (q @ k.T))
@@ -450,37 +454,61 @@ class History:
             self.v_max = max(self.v_max, abs(float(state.v[op.i, op.j])))
 
 
+SMALLEST_SUBNORMAL_64 = 5e-324
+
+
+def _dynamic_logit_error(h: History) -> float:
+    """Δℓ: rounding of the dot product, the scale and the K updates, plus the gradual-underflow term of
+    :func:`_underflow_logit_error` (R = max(|s|, max|q|, K̄, √|s|·max(|q|, K̄))) and the scale's rounding
+    |Δs|·‖q‖₁K̄ when the trace's scale is no float64 (derived here)."""
+    s = abs(h.scale)
+    root = math.sqrt(s)
+    magnifier = max(s, h.q_max, h.k_max, root * h.q_max, root * h.k_max) * (1 + 2.0**-50)
+    gamma = _gamma(h.d + 4, U64)
+    underflow = float(_underflow_logit_error(np.array([magnifier]), 2, h.d, "float64", gamma)[0])
+    return s * h.q_l1 * h.k_max * (h.d + 2 + 2 * h.updates_k) * U64 + underflow + h.scale_error * h.q_l1 * h.k_max
+
+
 def dynamic_tolerance(h: History, normalised: bool) -> float:
     """Float64 forward-error tolerance for one query (docs/dynamic-attention.md, "Tolerance").
 
     With U = U_K + U_V updates since Init, T = n + 3U + 2 terms at most in any maintained sum,
-        Δℓ  = |s|·‖q‖₁·K̄·(d + 2 + 2U_K)·u                  (logit error, K rounding included)
+        Δℓ  = |s|·‖q‖₁·K̄·(d + 2 + 2U_K)·u + (underflow and scale terms, :func:`_dynamic_logit_error`)
         ε_w = (1 + 4u)·e^{Δℓ} − 1 + 2u·(U + 1)             (weight error, rescalings included)
         η   = (γ_T + ε_w + (U_V + 1)·u)·(T/n)·e^{ℓ_hi − ℓ_lo}
-    ODAMV: τ = 2ηV̄/(1 − η) + 2uV̄  (∞ when η ≥ 1/2);   OAMV: τ = (η·n + (|ℓ|max + 4)·n·u)·e^{ℓ_hi}·V̄.
-    The result is doubled for the float evaluation of this formula itself.
+    ODAMV: τ = 2ηV̄/(1 − η) + 2uV̄ + T·μ(2V̄ + 1)e^{span}/(n(1 − η)) + μ   (∞ when η ≥ 1/2);
+    OAMV:  τ = (η·n + (|ℓ|max + 4)·n·u)·e^{ℓ_hi}·V̄ + (1 + η)·T·μ·[(V̄ + 1)·max(1, e^{ℓ_hi}) + V̄·e^{span}] + μ,
+    μ = 2⁻¹⁰⁷⁴ the smallest subnormal: the absolute error of one operation whose result is subnormal
+    (gradual underflow; exp within one subnormal ulp), derived here. The result is doubled for the
+    float evaluation of this formula itself.
     """
     u = U64
+    mu = SMALLEST_SUBNORMAL_64
     big_u = h.updates_k + h.updates_v
     t = h.n + 3 * big_u + 2
     gamma_t = t * u / (1 - t * u)
-    dl = abs(h.scale) * h.q_l1 * h.k_max * (h.d + 2 + 2 * h.updates_k) * u
+    dl = _dynamic_logit_error(h)
+    if not dl < 700:
+        return math.inf
     eps_w = (1 + 4 * u) * math.exp(dl) - 1 + 2 * u * (big_u + 1)
     span = h.logit_hi - h.logit_lo
     if span > 700:
         return math.inf
     eta = (gamma_t + eps_w + (h.updates_v + 1) * u) * (t / h.n) * math.exp(span)
     vbar = h.v_max
-    if normalised:
-        if eta >= 0.5:
-            return math.inf
-        tol = 2 * eta * vbar / (1 - eta) + 2 * u * vbar
-    else:
-        if h.logit_hi > 700:
-            return math.inf
-        lmax = max(abs(h.logit_hi), abs(h.logit_lo))
-        tol = (eta * h.n + (lmax + 4) * h.n * u) * math.exp(h.logit_hi) * vbar
-    return 2 * tol
+    with np.errstate(over="ignore"):
+        if normalised:
+            if eta >= 0.5:
+                return math.inf
+            tol = 2 * eta * vbar / (1 - eta) + 2 * u * vbar
+            tol += t * mu * (2 * vbar + 1) * math.exp(span) / (h.n * (1 - eta)) + mu
+        else:
+            if h.logit_hi > 700:
+                return math.inf
+            lmax = max(abs(h.logit_hi), abs(h.logit_lo))
+            tol = (eta * h.n + (lmax + 4) * h.n * u) * math.exp(h.logit_hi) * vbar
+            tol += (1 + eta) * t * mu * ((vbar + 1) * max(1.0, math.exp(h.logit_hi)) + vbar * math.exp(span)) + mu
+    return 2 * tol if math.isfinite(tol) else math.inf
 
 
 def vacuous(tol: float, h: History, normalised: bool) -> bool:
