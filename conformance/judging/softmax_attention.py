@@ -30,7 +30,7 @@ from attnspec.spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, c
 from attnspec.spec.validation import max_abs_exact
 from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, cast_to, derandomized_draws,
                                                       exact_params, fraction_or_none)
-from attnspec.conformance.judging.precision_model import softmax_tolerance
+from attnspec.conformance.judging.precision_model import overflow_reason, softmax_tolerance
 from attnspec.conformance.judging.problems import register
 
 METHOD = "attention"
@@ -198,6 +198,9 @@ class SoftmaxAttention(InstanceProblem):
 
     def precision_tolerance(self, inst: SoftmaxAttentionInstance, model: Any) -> np.ndarray:
         return softmax_tolerance(inst, model)
+
+    def overflow_reason(self, inst: SoftmaxAttentionInstance, model: Any) -> str | None:
+        return overflow_reason(inst, model)
 
     def vacuity_detail(self, inst: SoftmaxAttentionInstance) -> str:
         return f"max |logit| {conditioning(inst)['max_abs_logit']:.3g}, n = {inst.n}"

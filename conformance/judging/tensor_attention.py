@@ -37,7 +37,7 @@ from attnspec.spec.tensor_attention import (
 from attnspec.spec.validation import max_abs_exact
 from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, cast_to, derandomized_draws,
                                                       exact_params, fraction_or_none)
-from attnspec.conformance.judging.precision_model import tensor_tolerance
+from attnspec.conformance.judging.precision_model import tensor_overflow_reason, tensor_tolerance
 from attnspec.conformance.judging.problems import register
 
 METHOD = "tensor_attention"
@@ -249,6 +249,9 @@ class TensorAttention(InstanceProblem):
 
     def precision_tolerance(self, inst: TensorAttentionInstance, model: Any) -> np.ndarray:
         return tensor_tolerance(inst, model)
+
+    def overflow_reason(self, inst: TensorAttentionInstance, model: Any) -> str | None:
+        return tensor_overflow_reason(inst, model)
 
     def vacuity_detail(self, inst: TensorAttentionInstance) -> str:
         return f"n^(k-1) = {inst.num_tuples}"
