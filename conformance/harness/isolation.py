@@ -121,13 +121,15 @@ def check_memory_limit(limit: Any) -> int | None:
     return limit
 
 
-def _check_request(kind: Any, target: Any, args: Any, kwargs: Any) -> str | None:
-    if kind not in REQUEST_KINDS:
+def _check_request(kind: Any, target: Any, args: Any, kwargs: Any, max_output_elements: Any) -> str | None:
+    if isinstance(kind, str) is False or kind not in REQUEST_KINDS:
         return f"unknown request kind {kind!r}; known: {', '.join(REQUEST_KINDS)}"
     if not isinstance(target, str):
         return f"request target must be a string, got {type(target).__name__}"
     if not isinstance(args, (list, tuple)) or not isinstance(kwargs, dict):
         return "request args must be a sequence and kwargs a dict"
+    if max_output_elements is not None and (isinstance(max_output_elements, bool) or not isinstance(max_output_elements, int) or max_output_elements < 0):
+        return f"max_output_elements must be an integer ≥ 0 or None, got {max_output_elements!r}"
     return None
 
 
@@ -194,7 +196,10 @@ class ProcessRunner:
     crash or hang.
 
     ``memory_limit_bytes``: the worker's ``RLIMIT_AS`` (default :data:`DEFAULT_MEMORY_LIMIT`; ``None``
-    for no limit, which GPU backends may need)."""
+    for no limit, which GPU backends may need).
+
+    The worker is killed when the *thread* that started it exits (Linux's parent-death signal follows
+    the thread): create runners from a thread that outlives them, normally the main thread."""
 
     def __init__(self, spec: str, timeout: float = 60.0, memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT):
         self.spec = spec
@@ -205,6 +210,8 @@ class ProcessRunner:
         self._conn: Any = None
         self._capture_fd: int | None = None
         self.capabilities: Capabilities | None = None
+        self.identity: dict[str, Any] = {}  # the backend's class and version, from the worker's hello
+        self.environment: dict[str, Any] = {}  # the versions the worker saw (torch, cupy, ...)
         self.load_error: str | None = None
         self.load_captured = ""
         _install_handlers()
@@ -236,6 +243,8 @@ class ProcessRunner:
         self.load_captured = str(hello.get("captured", "")) if isinstance(hello, dict) else ""
         if isinstance(hello, dict) and hello.get("ok") is True:
             self.capabilities = Capabilities.from_json(hello["capabilities"])
+            self.identity = {str(k): str(v) for k, v in dict(hello.get("identity") or {}).items()}
+            self.environment = {str(k): str(v) for k, v in dict(hello.get("environment") or {}).items()}
             self.load_error = None
         else:
             self._fail_load(str(hello.get("error")) if isinstance(hello, dict) else "malformed hello from the worker")
@@ -305,11 +314,11 @@ class ProcessRunner:
         ``max_output_elements`` entries is refused in the worker before it is sent, and a reply larger
         than ``16 · max_output_elements`` bytes plus slack is refused here before it is read."""
         kwargs = {} if kwargs is None else kwargs
-        problem = _check_request(kind, target, args, kwargs)
+        problem = _check_request(kind, target, args, kwargs, max_output_elements)
         if problem is not None:
             return CallResult(False, error_kind="bad_request", error=problem)
-        if max_output_elements is not None and (isinstance(max_output_elements, bool) or not isinstance(max_output_elements, int) or max_output_elements < 0):
-            return CallResult(False, error_kind="bad_request", error=f"max_output_elements must be an integer ≥ 0, got {max_output_elements!r}")
+        if self._proc is not None and self._worker_exited():  # died between calls: not this call's fault
+            self._kill()
         if self._proc is None:
             self._start()
             if self.load_error:
@@ -483,7 +492,7 @@ class InProcessRunner:
                 max_output_elements: int | None = None) -> CallResult:
         """One request, answered exactly as a worker would (see the module docstring)."""
         kwargs = {} if kwargs is None else kwargs
-        problem = _check_request(kind, target, args, kwargs)
+        problem = _check_request(kind, target, args, kwargs, max_output_elements)
         if problem is not None:
             return CallResult(False, error_kind="bad_request", error=problem)
         if self.backend is None:

@@ -227,11 +227,13 @@ def worker_main(conn: Any, spec: str, parent_pid: int, memory_limit: int | None,
     _start_group_reaper(os.getpid())
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     _limit_memory(memory_limit)
-    from attnspec.conformance.harness.backends import load_backend, read_capabilities
+    from attnspec.conformance.harness.backends import backend_identity, load_backend, read_capabilities
+    from attnspec.conformance.harness.report import environment
 
     try:
         backend = load_backend(spec)
-        hello = {"ok": True, "capabilities": read_capabilities(backend).to_json()}
+        hello = {"ok": True, "capabilities": read_capabilities(backend).to_json(),
+                 "identity": backend_identity(spec, backend), "environment": environment()}  # as the worker sees them
     except BaseException as exc:  # report and stop: nothing can run without a backend
         hello = {"ok": False, "error": truncate_text(f"{type(exc).__name__}: {exc}")}
     hello["captured"] = capture.take()
