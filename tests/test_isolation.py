@@ -541,3 +541,13 @@ def test_in_process_system_exit_is_an_error_and_keyboard_interrupt_stops():
     assert not r.ok and r.error_kind == "exception" and "SystemExit" in r.error
     with pytest.raises(KeyboardInterrupt):
         InProcessRunner(Interrupts()).call("attention", *_qkv(), scale=1.0)
+
+
+def test_a_worker_that_died_between_calls_is_restarted_before_the_next():
+    q, k, v = _qkv(13)
+    with ProcessRunner(hb.SPEC_PREFIX + "Correct", timeout=TIMEOUT) as runner:
+        old = runner._proc.pid
+        os.kill(old, signal.SIGKILL)
+        os.waitid(os.P_PID, old, os.WEXITED | os.WNOWAIT)  # dead, not yet reaped (the runner reaps)
+        _check_correct(runner.call("attention", q, k, v, scale=1.0), q, k, v, 1.0)
+        assert runner._proc.pid != old

@@ -260,8 +260,8 @@ class ProcessRunner:
         """SIGKILL the worker's process group, and the worker itself (before its ``setsid``, the group
         is not yet its own). Never after the worker was reaped: its pid could be reused."""
         proc = self._proc
-        if proc is None or proc.pid is None:
-            return
+        if proc is None or proc.pid is None or getattr(getattr(proc, "_popen", None), "returncode", None) is not None:
+            return  # not started, or already reaped
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
