@@ -65,8 +65,9 @@ def certify_configuration(n: int, d: int, *, bound: Any, scale: Any, eps: Any, r
     """
     plan = plan_polynomial_attention(n, d, bound=bound, scale=scale, eps=eps)
     radius = contract.logit_radius(bound, scale, d)
-    rel = certified_relative_error(plan.poly.coeffs, radius, rtol=rtol)
-    kappa = certified_cancellation_factor(plan.poly.coeffs, radius)
+    coeffs = list(plan.poly.coeffs)
+    rel = certified_relative_error(coeffs, radius, rtol=rtol)
+    kappa = certified_cancellation_factor(coeffs, radius)
     magnitude = Fraction(weight_magnitude(plan.poly, d, float(scale), float(bound))) * 2
     eta = contract.evaluation_error_bound(kappa=kappa, n=n, g=plan.degree, r=plan.rank, radius=radius, magnitude=magnitude)
     total = contract.end_to_end_bound(rel_eps=rel.upper, eval_rel=eta, v_bound=bound)
@@ -111,8 +112,9 @@ def generate_instances(n: int, d: int, bound: float, *, seed: int = 0, count: in
     """
     rng = np.random.default_rng(seed)
     B = float(bound)
-    out = []
-    out.append(("uniform", *(rng.uniform(-B, B, (n, d)) for _ in range(3))))
+    out: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]] = []
+    uniform = lambda: rng.uniform(-B, B, (n, d))  # noqa: E731
+    out.append(("uniform", uniform(), uniform(), uniform()))
     signs = rng.choice([-1.0, 1.0], size=(n, d))
     flip = rng.choice([-1.0, 1.0], size=(n, 1))
     q = B * signs
@@ -127,7 +129,7 @@ def generate_instances(n: int, d: int, bound: float, *, seed: int = 0, count: in
     i = 0
     while len(out) < count:
         i += 1
-        out.append((f"uniform-{i}", *(rng.uniform(-B, B, (n, d)) for _ in range(3))))
+        out.append((f"uniform-{i}", uniform(), uniform(), uniform()))
     return out[:count]
 
 

@@ -69,7 +69,9 @@ class ReferenceDynamicStructure:
         self._ref.apply(self._ops[2](i, j, delta))
 
     def query(self, i, j) -> float:
-        return float(self._ref.apply(self._ops[3](i, j))(128).mid()[0, 0])
+        enclose = self._ref.apply(self._ops[3](i, j))
+        assert enclose is not None  # a Query always has an enclosure
+        return float(enclose(128).mid()[0, 0])
 
 
 class AcceleratedBackend:
