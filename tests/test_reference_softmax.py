@@ -251,3 +251,20 @@ def test_float_bounds_of_real_enclosures_and_midpoints():
 def test_enclosure_shape_is_checked():
     with pytest.raises(ValueError):
         Enclosure(balls=[arb(1)], shape=(2, 1), prec=53)
+
+
+@pytest.mark.parametrize("magnitude", [1e50, 1e150])
+def test_logits_beyond_float64_precision_give_finite_tight_balls_at_the_start_precision(magnitude):
+    # logits ±2·magnitude²: 1e100 and 1e300; computed at prec + their bits, shifted by the exact row maximum
+    q = np.array([[magnitude, magnitude], [-magnitude, magnitude], [magnitude, -magnitude]])
+    k = np.array([[magnitude, -magnitude], [magnitude, magnitude], [-magnitude, -magnitude]])
+    v = np.array([[1.0, -2.0], [0.25, 3.0], [-1.5, 0.5]])
+    enc = enclose(make_instance(q, k, v, scale=1), 128)
+    assert all(b.is_finite() for b in enc.balls)
+    assert _max_rad(enc) < Fraction(1, 2**100)
+    # every other weight is below e^(−magnitude²): the answer is the mean of the value rows of the keys
+    # tied at the largest logit (±m² products and their sums are exact in float64 here)
+    lo, hi = enc.float_bounds()
+    logits = q @ k.T
+    expected = np.array([v[row == row.max()].mean(axis=0) for row in logits])
+    assert (lo <= expected).all() and (expected <= hi).all()

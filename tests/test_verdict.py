@@ -291,3 +291,20 @@ def test_evidence_on_real_softmax_enclosure():
     assert bad.status == FAIL and bad.evidence["worst_index"] == [3, 2]
     assert bad.evidence["error_interval"][0] == pytest.approx(1e-9, rel=1e-3)
     assert bad.evidence["prec"] == 128 and bad.evidence["max_relative_radius"] < 2.0**-100
+
+
+def test_non_finite_balls_are_refined_then_undecided_never_raised():
+    from flint import arb
+
+    asked = []
+
+    def enclose_at(prec):
+        asked.append(prec)
+        ball = arb("nan") if prec < 512 else arb(1)  # finite only from 512 bits on
+        return Enclosure(balls=[ball, arb(1)], shape=(1, 2), prec=prec)
+
+    assert judge(np.array([[1.0, 1.0]]), enclose_at, 0.0).status == PASS
+    assert asked == [128, 256, 512]
+    never = lambda prec: Enclosure(balls=[arb("nan")], shape=(1, 1), prec=prec)  # noqa: E731
+    verdict = judge(np.array([[0.0]]), never, 1e-3)
+    assert verdict.status == UNDECIDED and verdict.evidence["prec"] == 1024

@@ -160,9 +160,10 @@ def _underflow_logit_error(magnifier: np.ndarray, inner: int, d: int, fmt: str, 
     multiplied by the factors outside it, at most R = ``magnifier``; the d terms are summed (additions
     are exact in the subnormal range, relative errors grow η by at most 1 + γ) and the scale may be
     applied once more to the sum: |error| ≤ (1 + γ)·λu·(d·(1 + inner·R) + 2)."""
+    eta = _times_half_subnormal(1.0, fmt)
+    eta_r = _times_half_subnormal(magnifier, fmt)  # λu·R first: R itself may be near the float64 maximum
     with np.errstate(over="ignore", invalid="ignore"):
-        units = (d * (1 + inner * magnifier) + 2) * (1 + gamma) * (1 + 2.0**-50)
-    return _times_half_subnormal(units, fmt)
+        return (d * (eta + inner * eta_r) + 2 * eta) * (1 + gamma) * (1 + 2.0**-50)
 
 
 def _softmax_magnifier(inst: SoftmaxAttentionInstance) -> np.ndarray:
