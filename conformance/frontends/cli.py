@@ -25,7 +25,10 @@ BENCH_MODULES: list[str] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from attnspec import __version__
+
     parser = argparse.ArgumentParser(prog="attnspec", description="Certified attention semantics and conformance checks.")
+    parser.add_argument("--version", action="version", version=f"attnspec {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
