@@ -18,7 +18,9 @@ import numpy as np
 
 from attnspec.conformance.harness.backends import backend_identity
 from attnspec.conformance.harness.case_files import CaseFileError, load_case, save_case
-from attnspec.conformance.harness.isolation import CallResult, InProcessRunner, ProcessRunner
+from attnspec.conformance.harness.isolation import DEFAULT_MEMORY_LIMIT, CallResult, InProcessRunner, ProcessRunner, check_timeout
+from attnspec.conformance.harness.known_failures import XFAIL, XPASS, KnownFailures
+from attnspec.conformance.harness.selection import REPLAY_PREFIX, CaseSelection, SelectionError
 from attnspec.conformance.judging.problems import get_problem, problem_names
 from attnspec.conformance.harness.report import ReportWriter
 from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED
@@ -91,6 +93,8 @@ def same_bits(first: Any, second: Any) -> Any:
 
 
 def _saved_failures(directory: Path) -> list[Any]:
+    """The cases saved by earlier runs in ``directory``, as ``replay/<id>`` (an unreadable file is named
+    on stderr and skipped: one bad file must not break every later run)."""
     cases = []
     if directory.is_dir():
         for path in sorted(directory.glob("*.json")):
@@ -99,9 +103,34 @@ def _saved_failures(directory: Path) -> list[Any]:
             except CaseFileError as exc:
                 print(f"attnspec: skipping saved case {path.name}: {exc}", file=sys.stderr)
                 continue
-            case.case_id = f"replay/{case.case_id}"
+            case.case_id = f"{REPLAY_PREFIX}{case.case_id}"
             cases.append(case)
     return cases
+
+
+def check_problems(problems: Iterable[str] | None) -> list[str] | None:
+    """``problems`` as a list, each a registered problem (``ValueError`` naming the known ones)."""
+    if problems is None:
+        return None
+    names = list(problems)
+    for name in names:
+        get_problem(name)
+    return names
+
+
+def _runner(spec: Any, isolation: str, timeout: float, memory_limit_bytes: int | None) -> Any:
+    if isolation == "process":
+        return ProcessRunner(spec, timeout=timeout, memory_limit_bytes=memory_limit_bytes)
+    if isolation == "none":
+        return InProcessRunner(spec, timeout=timeout)
+    raise ValueError(f"isolation must be 'process' or 'none', got {isolation!r}")
+
+
+def _identity(spec: str, runner: Any) -> dict[str, Any]:
+    """The backend's class and version: reported by the worker under process isolation."""
+    if isinstance(runner, InProcessRunner):
+        return backend_identity(spec, runner.backend)
+    return dict(getattr(runner, "identity", None) or {})
 
 
 def run_conformance(
@@ -116,13 +145,23 @@ def run_conformance(
     seed: int = 0,
     progress: Callable[[int, int, dict[str, int]], None] | None = None,
     command: str = "",
+    memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT,
+    selection: CaseSelection | None = None,
+    known_failures: KnownFailures | None = None,
 ) -> RunOutcome:
-    """Run the suite on backend ``spec``; exit code 0 iff every applicable case passed.
+    """Run the suite on backend ``spec``; exit code 0 iff no case failed, errored, stayed undecided or
+    passed while listed as a known failure (``xpass``), and at least one case passed or failed as known.
 
-    Undecided cases are not passes: they make the exit code 1, like failures and errors.
+    Undecided cases are not passes: they make the exit code 1, like failures and errors. Usage errors
+    are raised before any case runs: ``ValueError`` for an unknown problem, timeout or isolation,
+    :class:`SelectionError` for an unknown family or a selection that matches no case, and the report
+    writer's error for an unusable ``report_dir`` (raised before the backend is loaded).
     """
-    runner = ProcessRunner(spec, timeout=timeout) if isolation == "process" else InProcessRunner(spec, timeout=timeout)
-    writer = ReportWriter(report_dir)
+    problems = check_problems(problems)
+    check_timeout(timeout)
+    selection = selection or CaseSelection()
+    writer = ReportWriter(report_dir, command=command)  # an unusable directory fails here, before any backend code runs
+    runner = _runner(spec, isolation, timeout, memory_limit_bytes)
     header: dict[str, Any] = {"backend": {"spec": spec}, "profile": profile, "seed": seed, "command": command}
     try:
         if runner.load_error:
@@ -130,34 +169,50 @@ def run_conformance(
             report = writer.finish(header)
             return RunOutcome(report, 2)
         caps = runner.capabilities
+        header["backend"].update(_identity(spec, runner))
         header["backend"]["capabilities"] = caps.to_json()
-        if isinstance(runner, InProcessRunner):
-            header["backend"].update(backend_identity(spec, runner.backend))
+        worker_environment = getattr(runner, "environment", None)
+        if worker_environment:
+            header["backend"]["environment"] = worker_environment
         wanted = list(dtypes) if dtypes else sorted(caps.dtypes & {"float64", "float32", "float16"}) or ["float64"]
         chosen = [p for p in problem_names() if p in set(problems or caps.problems)]
+        selection.check_families(f for name in chosen for f in get_problem(name).families())
         failures_dir = Path(report_dir) / "failures" if report_dir is not None else None
         cases = _saved_failures(failures_dir) if failures_dir is not None else []
         for name in chosen:
             cases.extend(get_problem(name).generate_cases(profile, tuple(wanted), seed))
+        cases = selection.apply(cases)
+        if not cases:
+            raise SelectionError(f"the selection {selection.describe()} matches no case of {', '.join(chosen) or 'no problem'} "
+                                 f"(dtypes {', '.join(wanted)})")
         total = len(cases)
-        counts = {PASS: 0, FAIL: 0, UNDECIDED: 0, ERROR: 0, NOT_APPLICABLE: 0}
+        counts = {PASS: 0, FAIL: 0, UNDECIDED: 0, ERROR: 0, NOT_APPLICABLE: 0, XFAIL: 0, XPASS: 0}
         for i, case in enumerate(cases):
             record = judge_one(case, runner, caps)
-            if record["status"] in (FAIL, ERROR, UNDECIDED) and failures_dir is not None and not case.case_id.startswith("replay/"):
+            if record["status"] in (FAIL, ERROR, UNDECIDED) and failures_dir is not None and not case.case_id.startswith(REPLAY_PREFIX):
                 try:
                     path = save_case(failures_dir, case, {"backend": spec, "status": record["status"], "message": record.get("message")})
                     record["replay_file"] = str(path)
                 except Exception as exc:  # a case that cannot be saved is still reported
                     record["replay_file_error"] = str(exc)
+            if known_failures is not None:
+                known_failures.apply(record)
             writer.add(record)
             counts[record["status"]] += 1
             if progress:
                 progress(i + 1, total, counts)
         header["dtypes"] = wanted
         header["problems"] = chosen
+        if known_failures is not None:
+            header["known_failures"] = known_failures.path
         report = writer.finish(header)
-        s = report["summary"]
-        ok = s["fail"] == 0 and s["error"] == 0 and s["undecided"] == 0 and s["pass"] > 0
-        return RunOutcome(report, 0 if ok else 1)
+        return RunOutcome(report, 0 if run_succeeded(report["summary"]) else 1)
     finally:
         runner.close()
+        writer.close()  # after finish, a no-op; after a usage error, the journal is closed as it stands
+
+
+def run_succeeded(summary: dict[str, int]) -> bool:
+    """Nothing failed, errored, stayed undecided or passed unexpectedly, and something was checked."""
+    bad = sum(summary.get(s, 0) for s in (FAIL, ERROR, UNDECIDED, XPASS))
+    return bad == 0 and summary.get(PASS, 0) + summary.get(XFAIL, 0) > 0
