@@ -29,6 +29,7 @@ from attnspec.spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, 
 from attnspec.spec.validation import SpecError, to_float64
 from attnspec.conformance.judging.case_common import ConformanceCase
 from attnspec.conformance.judging.problems import Problem, register
+from attnspec.conformance.judging.edge_instances import DYNAMIC_EDGE_RECIPES
 from attnspec.conformance.judging.precision_model import History, dynamic_tolerance, vacuous
 from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, OutputError, Verdict, coerce_output, judge
 
@@ -416,6 +417,7 @@ FAMILIES = {
     "boundary": [(16, 4, 2, 8, 1.0, 40), (49, 6, 3, 13, 0.5, 60)],
     "sharp": [(11, 4, 3, 7, 2.0, 30)],  # logits up to ±8: a peaked softmax whose tolerance e^{span}·u stays useful
     "tiny": [(1, 1, 1, 1, 1.0, 6), (2, 1, 1, 1, 0.5, 8)],
+    "edge": DYNAMIC_EDGE_RECIPES,  # float scales 1/3 and 0.1, logits up to ±192
 }
 
 

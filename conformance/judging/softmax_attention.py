@@ -32,6 +32,7 @@ from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceP
                                                       exact_params, fraction_or_none)
 from attnspec.conformance.judging.precision_model import overflow_reason, softmax_tolerance
 from attnspec.conformance.judging.problems import register
+from attnspec.conformance.judging.edge_instances import SOFTMAX_EDGE_COUNT, family_softmax_edge
 
 METHOD = "attention"
 PROFILES = ("quick", "thorough")
@@ -153,10 +154,11 @@ FAMILIES: dict[str, Callable] = {
     "repeated_shape": family_repeated_shape,
     "odd_sizes": family_odd_sizes,
     "scale_kinds": family_scale_kinds,
+    "edge": family_softmax_edge,
 }
 COUNTS = {
-    "quick": {"bounded": 6, "uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "hypothesis": 6},
-    "thorough": {"bounded": 30, "uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "hypothesis": 80},
+    "quick": {"bounded": 6, "uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "edge": SOFTMAX_EDGE_COUNT, "hypothesis": 6},
+    "thorough": {"bounded": 30, "uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "edge": 2 * SOFTMAX_EDGE_COUNT, "hypothesis": 80},
 }
 
 

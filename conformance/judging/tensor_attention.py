@@ -39,6 +39,7 @@ from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceP
                                                       exact_params, fraction_or_none)
 from attnspec.conformance.judging.precision_model import tensor_overflow_reason, tensor_tolerance
 from attnspec.conformance.judging.problems import register
+from attnspec.conformance.judging.edge_instances import TENSOR_EDGE_COUNT, family_tensor_edge
 
 METHOD = "tensor_attention"
 PROFILES = ("quick", "thorough")
@@ -157,10 +158,11 @@ FAMILIES: dict[str, Callable] = {
     "near_ties": family_near_ties,
     "degenerate": family_degenerate,
     "unequal_keys": family_unequal_keys,
+    "edge": family_tensor_edge,
 }
 COUNTS = {
-    "quick": {"uniform": 6, "order4": 3, "odd_sizes": 6, "large_logits": 3, "near_ties": 4, "degenerate": 7, "unequal_keys": 3, "hypothesis": 5},
-    "thorough": {"uniform": 40, "order4": 12, "odd_sizes": 9, "large_logits": 16, "near_ties": 16, "degenerate": 12, "unequal_keys": 12, "hypothesis": 60},
+    "quick": {"uniform": 6, "order4": 3, "odd_sizes": 6, "large_logits": 3, "near_ties": 4, "degenerate": 7, "unequal_keys": 3, "edge": TENSOR_EDGE_COUNT, "hypothesis": 5},
+    "thorough": {"uniform": 40, "order4": 12, "odd_sizes": 9, "large_logits": 16, "near_ties": 16, "degenerate": 12, "unequal_keys": 12, "edge": TENSOR_EDGE_COUNT, "hypothesis": 60},
 }
 
 
