@@ -4,19 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import tracemalloc
+import zipfile
 from fractions import Fraction
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pytest
 
 from attnspec.conformance.harness import case_files
 from attnspec.conformance.harness.backends import read_capabilities
 from attnspec.conformance.harness.case_files import MANIFEST_SCHEMA, CaseFileError, load_case, save_case
-from attnspec.conformance.judging.softmax_attention import Case, judge_case
+from attnspec.conformance.judging.problems import get_problem
+from attnspec.conformance.judging.softmax_attention import Case, problem as softmax_problem
 from attnspec.spec.softmax_attention import make_instance
 
 import helper_backends as hb
+import hostile_case_files as hf
 
 
 def _case(dtype="float64", scale=Fraction(1, 3), bound=Fraction(5, 2), eps=None, case_id="softmax_attention/x/fam/007"):
@@ -61,7 +67,7 @@ def test_round_trip_gives_the_same_verdict(saved):
     for delta in (0.0, 1e-6):
         y = hb.correct_attention(case.instance.q, case.instance.k, case.instance.v, float(case.instance.scale))
         y[2, 1] += delta
-        v1, v2 = judge_case(case, y, caps), judge_case(loaded, y, caps)
+        v1, v2 = softmax_problem.judge(case, y, caps), softmax_problem.judge(loaded, y, caps)
         assert v1.status == v2.status
         assert v1.evidence["worst_index"] == v2.evidence["worst_index"]
         assert v1.evidence["error_interval"] == v2.evidence["error_interval"]
@@ -141,7 +147,7 @@ def test_pickled_object_array_is_never_unpickled(saved, tmp_path):
     arrays = _arrays(path)
     arrays["q"] = np.array([_Bomb()], dtype=object)
     np.savez(path.with_suffix(".npz"), **arrays)  # np.savez pickles object arrays
-    with pytest.raises(CaseFileError, match="cannot be loaded safely"):
+    with pytest.raises(CaseFileError, match=r"array 'q': stored dtype '\|O' is not the manifest's 'float64'"):
         load_case(path)
     assert not marker.exists()
 
@@ -200,7 +206,7 @@ def test_missing_field(saved, field):
     m = _manifest(path)
     del m[field]
     _write(path, m)
-    with pytest.raises(CaseFileError, match=rf"field '{field}' missing or not a"):
+    with pytest.raises(CaseFileError, match=rf"field '{field}' missing"):
         load_case(path)
 
 
@@ -210,7 +216,7 @@ def test_wrong_field_type(saved, field, value):
     m = _manifest(path)
     m[field] = value
     _write(path, m)
-    with pytest.raises(CaseFileError, match=rf"field '{field}' missing or not a"):
+    with pytest.raises(CaseFileError, match=rf"field '{field}': .* is not of type"):
         load_case(path)
 
 
@@ -228,7 +234,7 @@ def test_array_metadata_must_be_a_dict(saved):
     m = _manifest(path)
     m["arrays"]["k"] = "deadbeef"
     _write(path, m)
-    with pytest.raises(CaseFileError, match="array 'k' does not match"):
+    with pytest.raises(CaseFileError, match="field 'arrays.k': 'deadbeef' is not of type 'object'"):
         load_case(path)
 
 
@@ -288,7 +294,7 @@ def test_missing_files(tmp_path, saved):
         load_case(tmp_path / "nowhere.json")
     _, path = saved
     path.with_suffix(".npz").unlink()
-    with pytest.raises(CaseFileError, match="cannot be loaded safely"):
+    with pytest.raises(CaseFileError, match=r"\.npz does not exist"):
         load_case(path)
 
 
@@ -311,3 +317,384 @@ def test_array_size_limit(saved, monkeypatch):
     monkeypatch.setattr(case_files, "_MAX_ARRAY_BYTES", 100)
     with pytest.raises(CaseFileError, match="larger than 100 bytes"):
         load_case(path)
+
+
+# --------------------------------------------------------------------------- non-regular files
+
+
+@pytest.fixture
+def deadline():
+    """Turn a hang into a test failure: SIGALRM after 10 s raises inside the blocked call."""
+    def expire(signum, frame):
+        raise TimeoutError("load_case hung")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(10)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_dev_zero_as_the_manifest_is_refused(tmp_path, deadline):
+    link = tmp_path / "case.json"
+    os.symlink("/dev/zero", link)
+    with pytest.raises(CaseFileError, match="is a device; case files are read only from regular files"):
+        load_case(link)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/zero"), reason="needs /dev/zero")
+def test_dev_zero_as_the_npz_is_refused(saved, deadline):
+    _, path = saved
+    npz = path.with_suffix(".npz")
+    npz.unlink()
+    os.symlink("/dev/zero", npz)
+    with pytest.raises(CaseFileError, match="beside the manifest"):
+        load_case(path)
+
+
+def test_symlink_to_a_valid_npz_beside_the_manifest_is_refused(saved):
+    _, path = saved
+    npz = path.with_suffix(".npz")
+    npz.rename(path.parent / "real.npz")
+    os.symlink(path.parent / "real.npz", npz)
+    with pytest.raises(CaseFileError, match="is a symbolic link"):
+        load_case(path)
+
+
+def test_symlinked_manifest_is_followed(saved, tmp_path):
+    # The user named the manifest; its npz is looked up beside the target, not beside the link.
+    case, path = saved
+    elsewhere = tmp_path / "links"
+    elsewhere.mkdir()
+    os.symlink(path, elsewhere / "alias.json")
+    assert load_case(elsewhere / "alias.json")[0].case_id == case.case_id
+
+
+@pytest.mark.parametrize("which", ["json", "npz"])
+def test_fifo_is_refused_without_hanging(saved, deadline, which):
+    _, path = saved
+    target = path.with_suffix(f".{which}")
+    target.unlink()
+    os.mkfifo(target)
+    with pytest.raises(CaseFileError, match="is a FIFO"):
+        load_case(path)
+
+
+@pytest.mark.parametrize("which", ["json", "npz"])
+def test_directory_is_refused(saved, which):
+    _, path = saved
+    target = path.with_suffix(f".{which}")
+    target.unlink()
+    target.mkdir()
+    with pytest.raises(CaseFileError, match="is a directory"):
+        load_case(path)
+
+
+# --------------------------------------------------------------------------- hostile archives
+
+
+@pytest.mark.parametrize("member", ["evil.txt", "../x.npy", "sub/q.npy", "q.npy.gz", "w"])
+def test_npz_member_that_is_not_a_plain_npy_is_refused(saved, member):
+    _, path = saved
+    hf.npz_with_extra_member(path, member)
+    with pytest.raises(CaseFileError, match=r"is not '<name>\.npy'"):
+        load_case(path)
+
+
+def test_npz_member_claiming_10_gb_is_refused_before_reading(saved):
+    _, path = saved
+    hf.npz_claiming_size(path, "v.npy", 10 * 2**30)
+    with pytest.raises(CaseFileError, match=r"member 'v.npy' would decompress to 10737418240 bytes"):
+        load_case(path)
+
+
+@pytest.fixture
+def bomb(saved):
+    _, path = saved
+    shape = hf.zip_bomb(path)
+    assert path.with_suffix(".npz").stat().st_size < 2**20  # 50 MB of zeros, deflated
+    return path, shape
+
+
+def _peak_bytes(fn) -> int:
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_zip_bomb_with_the_wrong_shape_is_refused_from_its_header(bomb):
+    path, shape = bomb
+
+    def load():
+        with pytest.raises(CaseFileError, match=rf"array 'q': stored shape \[{shape[0]}\] is not the manifest's \[6, 3\]"):
+            load_case(path)
+
+    assert _peak_bytes(load) < 4 * 2**20  # the 50 MB were never decompressed
+
+
+def test_zip_bomb_declared_in_the_manifest_is_refused_by_the_decompression_limit(bomb, monkeypatch):
+    path, shape = bomb
+    m = hf.manifest(path)
+    m["arrays"]["q"]["shape"] = list(shape)
+    hf.write_manifest(path, m)
+    monkeypatch.setattr(case_files, "_MAX_ARRAY_BYTES", 10 * 2**20)
+
+    def load():
+        with pytest.raises(CaseFileError, match=r"member 'q.npy' would decompress to 52428928 bytes, more than the limit of 10485760 bytes"):
+            load_case(path)
+
+    assert _peak_bytes(load) < 4 * 2**20
+
+
+def test_too_many_members_are_refused_from_the_directory_record(saved):
+    _, path = saved
+    with zipfile.ZipFile(path.with_suffix(".npz"), "a") as zf:
+        for i in range(70):
+            zf.writestr(f"a{i}.npy", b"")
+    with pytest.raises(CaseFileError, match="directory lists 73 members"):
+        load_case(path)
+
+
+def test_truncated_member_data_is_refused(saved):
+    _, path = saved
+    full = hf.npy_bytes(hf.arrays(path)["k"])
+    hf.npz_with_raw_member(path, "k.npy", full[:-8])
+    with pytest.raises(CaseFileError, match=r"array 'k': truncated data \(136 of 144 bytes\)"):
+        load_case(path)
+
+
+def test_trailing_bytes_after_member_data_are_refused(saved):
+    _, path = saved
+    full = hf.npy_bytes(hf.arrays(path)["k"])
+    hf.npz_with_raw_member(path, "k.npy", full + b"\0" * 8)
+    with pytest.raises(CaseFileError, match="array 'k': trailing bytes"):
+        load_case(path)
+
+
+def test_member_that_is_not_npy_is_refused(saved):
+    _, path = saved
+    hf.npz_with_raw_member(path, "k.npy", b"\x93NUMPX" + b"\0" * 200)
+    with pytest.raises(CaseFileError, match="array 'k': not a valid .npy header"):
+        load_case(path)
+
+
+def test_big_endian_data_is_refused_even_with_matching_values(saved):
+    _, path = saved
+    k = hf.arrays(path)["k"]
+    hf.npz_with_raw_member(path, "k.npy", hf.npy_bytes(k.astype(">f8")))
+    with pytest.raises(CaseFileError, match=r"array 'k': stored dtype '>f8' is not the manifest's 'float64'"):
+        load_case(path)
+
+
+def test_fortran_ordered_arrays_load_exactly(tmp_path):
+    case = _case()
+    path = save_case(tmp_path, case)
+    a = hf.arrays(path)
+    hf.npz_with_raw_member(path, "q.npy", hf.npy_bytes(np.asfortranarray(a["q"])))
+    assert np.array_equal(load_case(path)[0].instance.q, case.instance.q)
+
+
+# --------------------------------------------------------------------------- hostile JSON
+
+
+@pytest.mark.parametrize("depth,message", [(100_000, "nested too deeply"), (100, "nested deeper than 32 levels")])
+def test_deeply_nested_manifest_is_refused(saved, depth, message):
+    _, path = saved
+    hf.manifest_with_raw_field(path, "backend", hf.nested_json(depth))
+    with pytest.raises(CaseFileError, match=message):
+        load_case(path)
+
+
+@pytest.mark.parametrize("field,raw,message", [
+    ("seed", "1" * 10_000, "an integer of 10000 digits"),
+    ("seed", "-" + "9" * 41, "an integer of 41 digits"),
+    ("backend", "1e400", r"the number '1e400' is not finite"),
+    ("backend", "-1e400", r"the number '-1e400' is not finite"),
+    ("backend", "NaN", "the literal NaN"),
+    ("backend", "Infinity", "the literal Infinity"),
+    ("backend", "-Infinity", "the literal -Infinity"),
+])
+def test_numbers_json_cannot_hold_are_refused(saved, field, raw, message):
+    _, path = saved
+    hf.manifest_with_raw_field(path, field, raw)
+    with pytest.raises(CaseFileError, match=f"not an acceptable JSON manifest: it contains {message}"):
+        load_case(path)
+
+
+def test_non_finite_number_inside_params_is_refused(saved):
+    _, path = saved
+    text = path.read_text().replace('"scale": "1/3"', '"scale": 1e999')
+    path.write_text(text)
+    with pytest.raises(CaseFileError, match="'1e999' is not finite"):
+        load_case(path)
+
+
+def test_duplicate_keys_are_refused(saved):
+    _, path = saved
+    text = path.read_text()
+    path.write_text(text.replace('"dtype": "float64",', '"dtype": "float64", "dtype": "float16",', 1))
+    with pytest.raises(CaseFileError, match="the key 'dtype' appears twice"):
+        load_case(path)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("seed", "7", r"field 'seed': '7' is not of type 'integer'"),
+    ("seed", 1.5, r"field 'seed': 1.5 is not of type 'integer'"),
+    ("seed", 1.0, r"field 'seed': 1.0 is not an integer"),
+    ("seed", True, r"field 'seed': True is not of type 'integer'"),
+    ("seed", -1, r"field 'seed': -1 is less than the minimum"),
+    ("seed", 2**64, r"field 'seed': 18446744073709551616 is greater than the maximum"),
+    ("seed", None, r"field 'seed': None is not of type 'integer'"),
+    ("dtype", "float128", r"field 'dtype': 'float128' is not one of"),
+    ("dtype", 64, r"field 'dtype': 64 is not one of"),
+    ("family", 3, r"field 'family': 3 is not of type 'string'"),
+    ("case_id", "", r"field 'case_id': '' should be non-empty"),
+    ("case_id", "x" * 2000, r"field 'case_id': 'xxx.* … x+' is too long"),
+    ("problem", "softmax attention", r"field 'problem': 'softmax attention' does not match"),
+    ("params", {"scale": [1]}, r"field 'params.scale': \[1\] is not valid under any of the given schemas"),
+    ("params", {"scale": {"p": 1, "q": 3}}, r"field 'params.scale'"),
+    ("npz", "", r"field 'npz': '' should be non-empty"),
+    ("arrays", {}, r"field 'arrays': \{\} should be non-empty"),
+])
+def test_wrong_types_are_refused_naming_the_field(saved, field, value, message):
+    _, path = saved
+    m = _manifest(path)
+    m[field] = value
+    _write(path, m)
+    with pytest.raises(CaseFileError, match=message):
+        load_case(path)
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("sha256", "DEADBEEF", r"field 'arrays.q.sha256': 'DEADBEEF' does not match"),
+    ("sha256", None, r"field 'arrays.q.sha256': None is not of type 'string'"),
+    ("dtype", "int64", r"field 'arrays.q.dtype': 'int64' is not one of"),
+    ("dtype", "object", r"field 'arrays.q.dtype': 'object' is not one of"),
+    ("shape", [-1, 3], r"field 'arrays.q.shape.0': -1 is less than the minimum"),
+    ("shape", "6,3", r"field 'arrays.q.shape': '6,3' is not of type 'array'"),
+    ("shape", [1] * 9, r"field 'arrays.q.shape': .* is too long"),
+    ("extra", 1, r"field 'arrays.q': Additional properties are not allowed \('extra' was unexpected\)"),
+])
+def test_wrong_array_metadata_is_refused_naming_the_field(saved, key, value, message):
+    _, path = saved
+    m = _manifest(path)
+    m["arrays"]["q"][key] = value
+    _write(path, m)
+    with pytest.raises(CaseFileError, match=message):
+        load_case(path)
+
+
+def test_bad_array_name_is_refused(saved):
+    _, path = saved
+    m = _manifest(path)
+    m["arrays"]["../q"] = m["arrays"].pop("q")
+    _write(path, m)
+    with pytest.raises(CaseFileError, match=r"field 'arrays'.*'\.\./q' does not match"):
+        load_case(path)
+
+
+# --------------------------------------------------------------------------- nothing but CaseFileError
+
+
+def test_an_unexpected_exception_in_the_problem_becomes_a_case_file_error(saved, monkeypatch):
+    case, path = saved
+    problem = get_problem(case.problem)
+
+    def explode(arrays, params):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(problem, "instance_from_files", explode)
+    with pytest.raises(CaseFileError, match="instance is invalid: KeyError: 'boom'"):
+        load_case(path)
+
+
+def test_an_unexpected_exception_anywhere_becomes_a_case_file_error(saved, monkeypatch):
+    _, path = saved
+
+    def out_of_memory(*args, **kwargs):
+        raise MemoryError("simulated")
+
+    monkeypatch.setattr(case_files, "_parse_manifest", out_of_memory)
+    with pytest.raises(CaseFileError, match="unexpected MemoryError: simulated"):
+        load_case(path)
+
+
+def _hostile_directory(root: Path) -> tuple[Path, str]:
+    """A failures/ directory with one good case and one of each kind of hostile file."""
+    good = save_case(root, _case(case_id="good"))
+    for i, text in enumerate(["{", hf.nested_json(100_000), '{"schema": "attnspec.case/1", "seed": ' + "9" * 5000 + "}",
+                              '{"schema": "attnspec.case/1", "x": 1e400}', "NaN"]):
+        (root / f"bad{i}.json").write_text(text)
+    os.mkfifo(root / "fifo.json")
+    (root / "dir.json").mkdir()
+    wrong = save_case(root, _case(case_id="wrong"))
+    m = _manifest(wrong)
+    m["seed"] = "x"
+    _write(wrong, m)
+    return good, "good"
+
+
+def test_a_directory_of_hostile_files_yields_only_case_file_errors(tmp_path, deadline):
+    good, good_id = _hostile_directory(tmp_path)
+    loaded, refused = [], []
+    for path in sorted(tmp_path.glob("*.json")):
+        try:
+            loaded.append(load_case(path)[0].case_id)
+        except CaseFileError as exc:
+            refused.append(str(exc))
+    assert loaded == [good_id]
+    assert len(refused) == 8 and all(str(tmp_path) in msg for msg in refused)
+
+
+def test_saved_failures_skip_hostile_files(tmp_path, deadline, capsys):
+    from attnspec.conformance.harness.runner import _saved_failures
+
+    _hostile_directory(tmp_path)
+    cases = _saved_failures(tmp_path)
+    assert [c.case_id for c in cases] == ["replay/good"]
+    assert capsys.readouterr().err.count("skipping saved case") == 8
+
+
+# --------------------------------------------------------------------------- atomic saves and the schema
+
+
+def test_save_is_atomic_and_leaves_no_temporary_files(tmp_path):
+    path = save_case(tmp_path, _case())
+    save_case(tmp_path, _case())  # overwriting replaces the files whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, path.with_suffix(".npz").name])
+
+
+def test_a_failed_save_keeps_the_previous_files(tmp_path, monkeypatch):
+    path = save_case(tmp_path, _case())
+    before = path.read_bytes(), path.with_suffix(".npz").read_bytes()
+
+    def broken_savez(f, **arrays):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(case_files.np, "savez", broken_savez)
+    with pytest.raises(OSError, match="disk full"):
+        save_case(tmp_path, _case())
+    assert (path.read_bytes(), path.with_suffix(".npz").read_bytes()) == before
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+def test_saved_manifests_follow_the_case_schema(tmp_path):
+    from attnspec.conformance.harness.schemas import validate_case_manifest
+
+    for dtype in ("float64", "float32", "float16"):
+        path = save_case(tmp_path, _case(dtype=dtype, eps=Fraction(1, 10), case_id=dtype), {"backend": "b", "status": "fail", "message": "|x|"})
+        validate_case_manifest(json.loads(path.read_text()))
+
+
+def test_the_case_schema_is_valid_draft_2020_12():
+    from attnspec.conformance.harness.schemas import load_schema
+
+    schema = load_schema("case")
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(schema)

@@ -7,8 +7,8 @@ named by:
 - ``module:attr`` or ``path/to/file.py:attr``, where ``attr`` is the object or a zero-argument factory.
 
 Richer backends declare ``capabilities`` (a dict or an object with the same attributes), in the manner of
-xformers' operator declarations; see :class:`Capabilities`. The suite runs only the cases a backend
-declares and reports the rest as not applicable.
+xformers' operator declarations; see :class:`Capabilities` (in ``capabilities.py``, which validates every
+value strictly). The suite runs only the cases a backend declares and reports the rest as not applicable.
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ import importlib.util
 import inspect
 import os
 import sys
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from attnspec.conformance.judging.precision_model import PrecisionModel
+from attnspec.conformance.harness.capabilities import (  # noqa: F401  (re-exported: the public names)
+    Capabilities,
+    CapabilityError,
+    read_capabilities,
+)
 from attnspec.conformance.judging.problems import backend_methods
 
 ENTRY_POINT_GROUP = "attnspec.backends"
@@ -41,78 +44,6 @@ BUILTIN_BACKENDS = {
 
 class BackendLoadError(RuntimeError):
     """A backend name or ``module:attr`` spec could not be turned into a usable backend."""
-
-
-@dataclass
-class Capabilities:
-    """What a backend promises.
-
-    ``problems``     problem names it implements (default: those whose method it has);
-    ``dtypes``       input dtypes it accepts ("float64", "float32", …);
-    ``devices``      where it computes ("cpu", "cuda");
-    ``max_n``        largest sequence length it accepts (None: any);
-    ``max_d``        largest head dimension d it accepts (None: any; the polynomial method's rank
-                     binom(d+g, g) limits it to small d);
-    ``precision``    per dtype, the :class:`PrecisionModel` its error is judged by;
-    ``contract_eps`` for approximation algorithms: the additive ε_a it claims (contract tolerance);
-    ``bound``        the entry bound B under which ``contract_eps`` is claimed;
-    ``max_logit_radius`` the largest logit radius R = |s|·d·B^k (k = 2 for softmax attention) for which
-                     ``contract_eps`` is claimed (None: B^k, i.e. the papers' normalisation |s| ≤ 1/d);
-    ``deterministic`` whether repeated calls on the same input return identical bits.
-    """
-
-    problems: set[str] = field(default_factory=lambda: {"softmax_attention"})
-    dtypes: set[str] = field(default_factory=lambda: {"float64"})
-    devices: set[str] = field(default_factory=lambda: {"cpu"})
-    max_n: int | None = None
-    max_d: int | None = None
-    precision: dict[str, PrecisionModel] = field(default_factory=dict)
-    contract_eps: float | None = None
-    bound: float | None = None
-    max_logit_radius: float | None = None
-    deterministic: bool = False
-
-    def precision_for(self, dtype: str) -> PrecisionModel:
-        return self.precision.get(dtype, PrecisionModel(fmt=dtype))
-
-    def to_json(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key in ("problems", "dtypes", "devices"):
-            out[key] = sorted(out[key])
-        out["precision"] = {k: asdict(v) for k, v in self.precision.items()}
-        return out
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "Capabilities":
-        data = dict(data)
-        for key in ("problems", "dtypes", "devices"):
-            data[key] = set(data.get(key, []))
-        data["precision"] = {k: PrecisionModel(**v) for k, v in data.get("precision", {}).items()}
-        return cls(**data)
-
-
-def read_capabilities(backend: Any) -> Capabilities:
-    """Normalise a backend's declared capabilities (dict, object or nothing) into :class:`Capabilities`."""
-    declared = getattr(backend, "capabilities", None)
-    if callable(declared) and not isinstance(declared, dict):
-        declared = declared()
-    if declared is None:
-        declared = {}
-    if not isinstance(declared, dict):
-        declared = {k: getattr(declared, k) for k in Capabilities.__dataclass_fields__ if hasattr(declared, k)}
-    caps = Capabilities()
-    problems = declared.get("problems")
-    caps.problems = set(problems) if problems else {p for p, m in backend_methods().items() if callable(getattr(backend, m, None))}
-    if "dtypes" in declared:
-        caps.dtypes = {str(x) for x in declared["dtypes"]}
-    if "devices" in declared:
-        caps.devices = {str(x) for x in declared["devices"]}
-    for key in ("max_n", "max_d", "contract_eps", "bound", "max_logit_radius", "deterministic"):
-        if key in declared:
-            setattr(caps, key, declared[key])
-    for dtype, model in dict(declared.get("precision", {})).items():
-        caps.precision[str(dtype)] = model if isinstance(model, PrecisionModel) else PrecisionModel(**dict(model))
-    return caps
 
 
 def _entry_points() -> dict[str, str]:
