@@ -294,6 +294,14 @@ def test_a_file_in_place_of_the_directory_is_a_report_error(tmp_path):
         ReportWriter(tmp_path / "f" / "sub")
 
 
+def test_a_user_file_called_previous_is_never_deleted(tmp_path):
+    ReportWriter(tmp_path).finish(HEADER)
+    (tmp_path / "previous").write_text("mine")
+    with pytest.raises(ReportError, match="previous exists and is not a directory"):
+        ReportWriter(tmp_path)
+    assert (tmp_path / "previous").read_text() == "mine" and (tmp_path / "report.json").is_file()
+
+
 @pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root ignores permissions")
 def test_an_unwritable_directory_is_a_report_error(tmp_path):
     d = tmp_path / "ro"

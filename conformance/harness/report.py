@@ -88,10 +88,12 @@ def _keep_previous_run(directory: Path) -> None:
     present = [n for n in RUN_FILES if os.path.lexists(directory / n)]
     if not present:
         return
+    previous = directory / PREVIOUS_DIR
+    if os.path.lexists(previous) and not previous.is_dir():  # not ours: never delete a user's file
+        raise ReportError(f"{previous} exists and is not a directory; move it away to keep the previous run")
     staging = Path(tempfile.mkdtemp(dir=directory, prefix=".previous-"))
     for name in present:
         os.replace(directory / name, staging / name)
-    previous = directory / PREVIOUS_DIR
     if os.path.lexists(previous):
         old = staging.with_name(staging.name + ".old")
         os.replace(previous, old)
