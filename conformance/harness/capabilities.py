@@ -104,7 +104,7 @@ def _positive_real(key: str, value: Any) -> float | Fraction | int | None:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise CapabilityError(f"capability {key!r} must be a finite positive number or None, got {_show(value)}")
     if isinstance(value, (int, Fraction)):
-        ok = value > 0
+        ok = bool(value > 0)
     else:
         value = float(value)
         ok = math.isfinite(value) and value > 0
@@ -127,7 +127,7 @@ def _model(key: str, value: Any) -> PrecisionModel:
     fmt, exp_ulps, rescales, exact = spec["fmt"], spec["exp_ulps"], spec["max_rescales"], spec["exact_rounded"]
     if fmt not in UNIT_ROUNDOFF:
         raise CapabilityError(f"capability {key}.fmt must be one of {', '.join(UNIT_ROUNDOFF)}, got {_show(fmt)}")
-    if isinstance(exp_ulps, bool) or not isinstance(exp_ulps, numbers.Real) or not (math.isfinite(exp_ulps) and exp_ulps >= 0):
+    if isinstance(exp_ulps, bool) or not isinstance(exp_ulps, numbers.Real) or not (math.isfinite(exp_ulps) and float(exp_ulps) >= 0):
         raise CapabilityError(f"capability {key}.exp_ulps must be a finite number >= 0, got {_show(exp_ulps)}")
     if rescales is not None and (isinstance(rescales, bool) or not isinstance(rescales, numbers.Integral) or rescales < 0):
         raise CapabilityError(f"capability {key}.max_rescales must be an integer >= 0 or None, got {_show(rescales)}")

@@ -83,8 +83,9 @@ def save_case(directory: str | os.PathLike, case: Any, extra: dict[str, Any] | N
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     stem = safe_name(case.case_id)
+    members: dict[str, Any] = dict(arrays)  # (numpy's stubs type **kwds like allow_pickle)
     with atomic_open(directory / f"{stem}.npz") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **members)
     manifest = {
         "schema": MANIFEST_SCHEMA,
         "problem": case.problem,
@@ -259,7 +260,7 @@ def _read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, meta: dict[str, Any
         if nbytes > budget:
             raise CaseFileError(f"{where}: {nbytes} bytes of data exceed the remaining limit of {budget} bytes")
         buf = bytearray(nbytes)
-        got = fp.readinto(buf) if nbytes else 0
+        got = fp.readinto(buf) if nbytes else 0  # type: ignore[attr-defined]  # a ZipExtFile (BufferedIOBase)
         if got != nbytes:
             raise CaseFileError(f"{where}: truncated data ({got} of {nbytes} bytes)")
         if fp.read(1):  # also reaches the end, where zipfile checks the CRC

@@ -169,7 +169,8 @@ class ReportWriter:
 
 def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """(header, records) of a journal; a last line cut short by a killed run is ignored."""
-    header, records = None, []
+    header: dict[str, Any] | None = None
+    records: list[dict[str, Any]] = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             try:
@@ -198,7 +199,7 @@ def summarize(records: Iterable[dict[str, Any]]) -> dict[str, int]:
 
 
 def _ratio(record: dict[str, Any]) -> float | None:
-    value = (record.get("evidence") or {}).get("ratio")
+    value: Any = (record.get("evidence") or {}).get("ratio")
     try:
         x = float(value)
     except (TypeError, ValueError):
@@ -287,13 +288,10 @@ def ulp_hint(record: dict[str, Any]) -> str:
     ref, out = _finite(ev.get("reference_mid")), _finite(ev.get("output"))
     if fmt not in UNIT_ROUNDOFF or ref is None:
         return ""
-    if out is not None:
-        err = abs(out - ref)
-    else:
-        interval = ev.get("error_interval") or []
-        err = _finite(interval[-1]) if interval else None
-        if err is None:
-            return ""
+    interval = ev.get("error_interval") or []
+    err = abs(out - ref) if out is not None else _finite(interval[-1]) if interval else None
+    if err is None:
+        return ""
     if err == 0:
         return f"exact in {fmt} at the worst entry"
     n = err / ulp(ref, fmt)
@@ -478,10 +476,10 @@ def write_junit(report: dict[str, Any], path: str | os.PathLike) -> None:
     seconds = [float(r.get("backend_seconds") or 0) + float(r.get("judge_seconds") or 0) for r in cases]
     totals = {"tests": str(len(cases)), "failures": str(counts["failure"]), "errors": str(counts["error"]),
               "skipped": str(counts["skipped"]), "time": f"{sum(seconds):.3f}"}
-    root = ET.Element("testsuites", name="attnspec", **totals)
+    root = ET.Element("testsuites", {"name": "attnspec", **totals})
     backend = report.get("backend", {})
-    suite = ET.SubElement(root, "testsuite", name=_xml(f"attnspec {backend.get('spec', '')}"),
-                          timestamp=_xml(report.get("created", "")), **totals)
+    suite = ET.SubElement(root, "testsuite", {"name": _xml(f"attnspec {backend.get('spec', '')}"),
+                                              "timestamp": _xml(report.get("created", "")), **totals})
     props = ET.SubElement(suite, "properties")
     for key, value in [("profile", report.get("profile")), ("command", report.get("command")),
                        *sorted((f"environment.{k}", v) for k, v in (report.get("environment") or {}).items())]:
