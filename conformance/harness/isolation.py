@@ -104,10 +104,8 @@ class CallResult:
     captured: str = ""
 
 
-def check_timeout(timeout: Any, *, allow_none: bool = False) -> float | None:
-    """``timeout`` as a float if it is a finite number of seconds > 0 (or None where allowed)."""
-    if timeout is None and allow_none:
-        return None
+def check_timeout(timeout: Any) -> float:
+    """``timeout`` as a float if it is a finite number of seconds > 0; ``ValueError`` otherwise."""
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not math.isfinite(timeout) or timeout <= 0:
         raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
     return float(timeout)
@@ -369,7 +367,7 @@ class ProcessRunner:
         seconds = reply.get("seconds", 0.0)
         seconds = float(seconds) if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) else 0.0
         if not reply["ok"]:
-            kind = reply.get("error_kind") if reply.get("error_kind") in ERROR_KINDS else "exception"
+            kind = str(reply["error_kind"]) if reply.get("error_kind") in ERROR_KINDS else "exception"
             return CallResult(False, error_kind=kind, error=str(reply.get("error", "")), seconds=seconds, captured=captured)
         try:  # the worker checked already; the check is repeated because the pipe is not proof
             output = coerce_output(reply.get("output"), max_output_elements)
@@ -462,7 +460,7 @@ class InProcessRunner:
 
     def __init__(self, spec_or_backend: Any, timeout: float | None = None):
         self.spec = spec_or_backend if isinstance(spec_or_backend, str) else repr(spec_or_backend)
-        self.timeout = check_timeout(timeout, allow_none=True)
+        self.timeout = None if timeout is None else check_timeout(timeout)  # None: no limit
         self.load_error: str | None = None
         self.load_captured = ""
         self.capabilities: Capabilities | None = None

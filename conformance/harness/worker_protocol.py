@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def split_payload(obj: Any) -> tuple[bytes, list[np.ndarray]]:
 
 def raw_bytes(arr: np.ndarray) -> memoryview:
     """The bytes of a C-contiguous array, without copying them."""
-    return memoryview(arr.reshape(-1).view(np.uint8))
+    return memoryview(arr.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
 
 
 def encode_payload(obj: Any) -> bytes:
@@ -314,7 +314,7 @@ def copy_arrays(obj: Any) -> Any:
     return obj
 
 
-__all__: Iterable[str] = (
+__all__ = (
     "PayloadError", "BadOutput", "encode_payload", "decode_payload", "send_payload", "recv_payload",
     "coerce_output", "same_bits", "truncate_text", "copy_arrays",
 )
