@@ -329,14 +329,11 @@ def test_drive_request_runs_a_problems_driver_in_the_worker():
     assert (kind, target) == ("drive", "dynamic_attention")
     with ProcessRunner("numpy", timeout=30) as runner:
         in_worker = runner.request(kind, target, args, kwargs, max_output_elements=problem.expected_output_elements(case))
-    in_process = InProcessRunner("numpy").request(kind, target, args, kwargs)
+    inproc = InProcessRunner("numpy")
+    in_process = inproc.request(kind, target, args, kwargs)
     assert in_worker.ok and in_process.ok, (in_worker, in_process)
     np.testing.assert_array_equal(in_worker.output, in_process.output)
-    assert problem.judge(case, in_worker.output, in_process_caps()).status == "pass"
-
-
-def in_process_caps():
-    return InProcessRunner("numpy").capabilities
+    assert problem.judge(case, in_worker.output, inproc.capabilities).status == "pass"
 
 
 def test_output_larger_than_allowed_is_refused_before_it_is_sent(selective):
