@@ -73,7 +73,7 @@ def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosu
         v1[:, dv] = 1.0
         numer = weights * arb_matrix_mixed(v1)
         entries = numer.entries()
-        out = []
+        out: list = []
         for i in range(n):
             row = entries[i * (dv + 1):(i + 1) * (dv + 1)]
             denom = row[dv]
@@ -86,7 +86,7 @@ HUGE_LOGIT_BITS = 40  # below 2^40 the float64 shift is within ~2^-10 of the row
 
 def _shift_by_row_max(flat: list, n: int) -> list:
     """Row-major n×n logit balls minus, per row, the largest midpoint (an exact number)."""
-    out = []
+    out: list = []
     for i in range(n):
         row = flat[i * n:(i + 1) * n]
         top = max((x.mid() for x in row), key=fraction_of)
@@ -138,7 +138,7 @@ def enclose_mpmath(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> 
         v = [[_iv(x) for x in row] for row in inst.v.tolist()]
         s = _iv(inst.scale)
         shifts = row_shifts(inst)
-        out = []
+        out: list = []
         for i in range(n):
             m = _iv(float(shifts[i]))
             w = [ctx.exp(s * ctx.fsum(a * b for a, b in zip(q[i], k[j])) - m) for j in range(n)]

@@ -98,7 +98,7 @@ def enclose(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosur
             weights = arb_mat([[exp(x + neg_shift[i]) for x in flat[i * n:(i + 1) * n]] for i in range(n)])
             acc += (weights * v_aug) * _diag(col + [arb(1)])
         entries = acc.entries()
-        out = []
+        out: list = []
         for i in range(n):
             row = entries[i * (dv + 1):(i + 1) * (dv + 1)]
             out.extend(x / row[dv] for x in row[:dv])
@@ -128,7 +128,7 @@ def enclose_mpmath(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> E
                 vrow = [a * b for a, b in zip(vrow, vals[m][j])]
             kr.append(krow)
             vr.append(vrow)
-        out = []
+        out: list = []
         for i in range(n):
             m = _iv(float(shifts[i]))
             w = [ctx.exp(s * ctx.fsum(a * b for a, b in zip(q[i], krow)) - m) for krow in kr]

@@ -134,7 +134,7 @@ def dynamic_edge_traces() -> list[tuple[str, Any]]:
     from attnspec.spec.dynamic_attention import Init, Query, Trace, UpdateK, UpdateV
 
     out = []
-    recipes = {
+    recipes: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, Any, list]] = {
         "subnormal_v": (np.array([[0.5, -0.25]]), np.array([[1.0, 0.5], [-0.5, 0.25]]),
                         np.array([[3e-310], [-7 * TINY]]), 1.0, [UpdateV(1, 0, 11 * TINY)]),
         "logits_near_minus_740": (np.array([[-740.0]]), np.array([[1.0], [1.0009765625]]), np.array([[1.0], [-0.5]]), 1.0,
