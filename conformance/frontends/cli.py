@@ -15,6 +15,7 @@ import sys
 COMMAND_MODULES = [
     "attnspec.conformance.frontends.cli_conform",
     "attnspec.conformance.frontends.cli_audit",
+    "attnspec.conformance.frontends.cli_instances",
 ]
 BENCH_MODULES: list[str] = [
     "attnspec.bench.softmax_attention",
