@@ -37,7 +37,8 @@ class ConformanceCase:
 
 def cast_to(x: Any, dtype: str) -> np.ndarray:
     """``x`` rounded to ``dtype``; entries that overflow it become 0 (the case stays valid and exact)."""
-    out = np.asarray(x, dtype=np.float64).astype(dtype)
+    with np.errstate(over="ignore"):  # the overflow is expected: those entries are replaced below
+        out = np.asarray(x, dtype=np.float64).astype(dtype)
     return np.where(np.isfinite(out), out, 0).astype(dtype)
 
 
@@ -207,13 +208,20 @@ class InstanceProblem(Problem):
         raise NotImplementedError
 
     # --- the Problem interface, shared ------------------------------------------------------------
+    extra_families: ClassVar[tuple[str, ...]] = ()
+
+    def extra_cases(self, profile: str, dtypes: tuple[str, ...], seed: int) -> list:
+        """Hand-built cases that the seeded family loop cannot express (families ``extra_families``)."""
+        return []
+
     def families(self) -> list[str]:
-        return [*self.family_recipes, "hypothesis"]
+        return [*self.family_recipes, "hypothesis", *self.extra_families]
 
     def generate_cases(self, profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list:
-        return generate_family_cases(profile, self.profiles, tuple(dtypes), seed, families=self.family_recipes,
-                                     counts=self.counts, make_case=self.make_case,
-                                     hypothesis_cases=self.hypothesis_cases, salt=self.salt)
+        cases = generate_family_cases(profile, self.profiles, tuple(dtypes), seed, families=self.family_recipes,
+                                      counts=self.counts, make_case=self.make_case,
+                                      hypothesis_cases=self.hypothesis_cases, salt=self.salt)
+        return cases + self.extra_cases(profile, tuple(dtypes), seed)
 
     def not_applicable_reasons(self, case: Any, caps: Any) -> list[str]:
         inst = case.instance

@@ -29,7 +29,7 @@ from attnspec.spec.dynamic_attention import PROBLEM, VARIANTS, Init, Op, Query, 
 from attnspec.spec.validation import SpecError, to_float64
 from attnspec.conformance.judging.case_common import ConformanceCase
 from attnspec.conformance.judging.problems import Problem, register
-from attnspec.conformance.judging.edge_instances import DYNAMIC_EDGE_RECIPES
+from attnspec.conformance.judging.edge_instances import DYNAMIC_EDGE_RECIPES, dynamic_edge_traces
 from attnspec.conformance.judging.precision_model import History, dynamic_tolerance, vacuous
 from attnspec.conformance.judging.verdict import ERROR, FAIL, PASS, UNDECIDED, OutputError, Verdict, coerce_output, judge
 
@@ -481,7 +481,7 @@ class DynamicAttention(Problem):
     case_type = Case
 
     def families(self) -> list[str]:
-        return list(FAMILIES)
+        return [*FAMILIES, "edge_traces"]
 
     def generate_cases(self, profile: str = "quick", dtypes: tuple[str, ...] = ("float64",), seed: int = 0) -> list[Case]:
         """Seeded traces for both variants (ODAMV and OAMV); ``thorough`` runs each recipe with 4 seeds.
@@ -502,6 +502,10 @@ class DynamicAttention(Problem):
                         trace = _random_trace(rng, normalised, n=n, d=d, dv=dv, m=m, scale=scale, steps=steps, style=style)
                         cid = f"dynamic_attention/{VARIANTS[normalised]}/{family}/{index}.{rep}"
                         cases.append(Case(cid, family, "float64", case_seed, trace, tags={"n": n, "d": d, "steps": steps}))
+        for label, trace in dynamic_edge_traces():  # subnormal V, logits near −740, magnified subnormals, s = 1/3
+            name = label.rsplit("/", 1)[0]
+            cases.append(Case(f"dynamic_attention/{VARIANTS[trace.normalised]}/edge_traces/{name}", "edge_traces", "float64",
+                              0, trace))
         return cases
 
     def not_applicable_reasons(self, case: Case, caps: Any) -> list[str]:

@@ -32,7 +32,7 @@ from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceP
                                                       exact_params, fraction_or_none)
 from attnspec.conformance.judging.precision_model import overflow_reason, softmax_tolerance
 from attnspec.conformance.judging.problems import register
-from attnspec.conformance.judging.edge_instances import SOFTMAX_EDGE_COUNT, family_softmax_edge
+from attnspec.conformance.judging.edge_instances import SOFTMAX_EDGE_COUNT, exact_scale_softmax_cases, family_softmax_edge
 
 METHOD = "attention"
 PROFILES = ("quick", "thorough")
@@ -170,6 +170,12 @@ class SoftmaxAttention(InstanceProblem):
     case_type = Case
     family_recipes = FAMILIES
     counts = COUNTS
+
+    extra_families = ("edge_exact_scale",)
+
+    def extra_cases(self, profile: str, dtypes: tuple[str, ...], seed: int) -> list:
+        """Exact non-float rational scales (1/3, 1/10, …): the backend receives float(s)."""
+        return exact_scale_softmax_cases(tuple(d for d in dtypes if d in ("float64", "float32")))
 
     def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Case:
         q, k, v, scale, bound = drawn

@@ -39,7 +39,7 @@ from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceP
                                                       exact_params, fraction_or_none)
 from attnspec.conformance.judging.precision_model import tensor_overflow_reason, tensor_tolerance
 from attnspec.conformance.judging.problems import register
-from attnspec.conformance.judging.edge_instances import TENSOR_EDGE_COUNT, family_tensor_edge
+from attnspec.conformance.judging.edge_instances import TENSOR_EDGE_COUNT, exact_scale_tensor_cases, family_tensor_edge
 
 METHOD = "tensor_attention"
 PROFILES = ("quick", "thorough")
@@ -221,6 +221,12 @@ class TensorAttention(InstanceProblem):
     family_recipes = FAMILIES
     counts = COUNTS
     salt = 7
+
+    extra_families = ("edge_exact_scale",)
+
+    def extra_cases(self, profile: str, dtypes: tuple[str, ...], seed: int) -> list:
+        """Exact non-float rational scales (1/3, 1/10): the backend receives float(s)."""
+        return exact_scale_tensor_cases(tuple(d for d in dtypes if d in ("float64", "float32")))
 
     def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Case:
         q, keys, values, scale, bound = drawn
