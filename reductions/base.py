@@ -152,9 +152,7 @@ class Oracle:
 
 def send_request(runner: Any, kind: str, target: str, args: tuple, kwargs: dict, limit: int) -> Any:
     """``runner.request(...)`` (the worker protocol of :mod:`attnspec.conformance.harness.isolation`)."""
-    from attnspec.conformance.harness.runner import _send
-
-    return _send(runner, kind, target, args, kwargs, limit)
+    return runner.request(kind, target, args, kwargs, max_output_elements=limit)
 
 
 class Reduction(ABC):

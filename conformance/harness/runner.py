@@ -55,9 +55,9 @@ def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dic
     tolerance = problem.tolerance_for(case, caps) if hasattr(problem, "tolerance_for") else None
     kind, target, args, kwargs = problem.request(case)
     limit = problem.expected_output_elements(case)
-    result = _send(runner, kind, target, args, kwargs, limit)
+    result = runner.request(kind, target, args, kwargs, max_output_elements=limit)
     if result.ok and getattr(caps, "deterministic", False):
-        again = _send(runner, kind, target, args, kwargs, limit)
+        again = runner.request(kind, target, args, kwargs, max_output_elements=limit)
         result = same_bits(result, again)
     record["backend_seconds"] = result.seconds
     if getattr(result, "captured", ""):
@@ -69,14 +69,6 @@ def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dic
     verdict = problem.judge(case, result.output, caps, max_prec=max_prec, tolerance=tolerance)
     record.update(status=verdict.status, message=verdict.message, evidence=verdict.evidence, judge_seconds=time.perf_counter() - t0)
     return record
-
-
-def _send(runner: Any, kind: str, target: str, args: tuple, kwargs: dict, limit: int) -> Any:
-    # TEMPORARY until the runners grow request(): the old driver string for drive requests.
-    if hasattr(runner, "request"):
-        return runner.request(kind, target, args, kwargs, max_output_elements=limit)
-    method = target if kind == "call" else "driver:attnspec.conformance.judging.dynamic_attention:drive_trace"
-    return runner.call(method, *args, **kwargs)
 
 
 def same_bits(first: Any, second: Any) -> Any:
