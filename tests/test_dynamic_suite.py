@@ -15,7 +15,7 @@ from attnspec.conformance.judging import dynamic_attention as dc
 from attnspec.conformance.harness.backends import read_capabilities
 from attnspec.conformance.harness.case_files import load_case, save_case
 from attnspec.conformance.frontends.cli import main
-from attnspec.conformance.harness.isolation import InProcessRunner, resolve_method
+from attnspec.conformance.harness.isolation import InProcessRunner
 from attnspec.conformance.harness.runner import judge_one, run_conformance
 from attnspec.spec.dynamic_attention import Query, UpdateK, UpdateV
 from attnspec.spec.validation import SpecError
@@ -39,7 +39,7 @@ def test_quick_traces_are_deterministic_and_cover_both_variants():
         assert a.instance.dumps() == b.instance.dumps()
     variants = Counter(c.instance.normalised for c in CASES)
     assert variants[True] == variants[False] > 0
-    assert set(dc.FAMILIES) == {c.family for c in CASES}
+    assert set(dc.problem.families()) == {c.family for c in CASES}
     for c in CASES:
         kinds = {type(op) for op in c.instance.ops}
         assert Query in kinds and isinstance(c.instance.ops[-1], Query)
@@ -94,9 +94,13 @@ def test_wrong_number_of_answers_is_an_error_not_a_pass():
     assert verdict.status == "error" and "query answers" in verdict.message
 
 
-def test_drivers_are_limited_to_attnspec_modules():
-    with pytest.raises(ValueError, match="not one of attnspec's"):
-        resolve_method(object(), "driver:os:system")
+@pytest.mark.parametrize("kind, target", [("drive", "os:system"), ("drive", "softmax_attention"), ("exec", "dynamic_attention")])
+def test_only_registered_drivers_run_in_the_worker(kind, target):
+    """A drive request names a registered, driven problem; nothing else (a module path, a called problem,
+    an unknown kind) is ever executed."""
+    runner = InProcessRunner(builtin.numpy_backend())
+    result = runner.request(kind, target, (), {}, max_output_elements=1)
+    assert not result.ok and result.error_kind in ("bad_request", "exception"), result
 
 
 def test_cli_catches_broken_structure_in_worker_and_replays_it(tmp_path, capsys):

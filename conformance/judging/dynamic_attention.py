@@ -417,7 +417,7 @@ FAMILIES = {
     "boundary": [(16, 4, 2, 8, 1.0, 40), (49, 6, 3, 13, 0.5, 60)],
     "sharp": [(11, 4, 3, 7, 2.0, 30)],  # logits up to ±8: a peaked softmax whose tolerance e^{span}·u stays useful
     "tiny": [(1, 1, 1, 1, 1.0, 6), (2, 1, 1, 1, 0.5, 8)],
-    "edge": DYNAMIC_EDGE_RECIPES,  # float scales 1/3 and 0.1, logits up to ±192
+    "edge": DYNAMIC_EDGE_RECIPES,  # float scales 1/3 and 0.1, and a sharp scale 4
 }
 
 
