@@ -29,7 +29,8 @@ DEFAULT_PREC = 128
 
 def row_shifts(inst: SoftmaxAttentionInstance) -> np.ndarray:
     """Float64 approximations of each row's maximum logit (any finite value is a valid shift)."""
-    logits = float(inst.scale) * (to_float64(inst.q) @ to_float64(inst.k).T)
+    with np.errstate(over="ignore", invalid="ignore"):  # non-finite rows fall back to the shift 0
+        logits = float(inst.scale) * (to_float64(inst.q) @ to_float64(inst.k).T)
     m = logits.max(axis=1)
     return np.where(np.isfinite(m), m, 0.0)
 
