@@ -160,3 +160,15 @@ def test_from_json_refuses_what_a_declaration_refuses():
         Capabilities.from_json(data)
     with pytest.raises(CapabilityError, match="capabilities must be a dict"):
         Capabilities.from_json(["float32"])
+
+
+def test_a_misspelt_problem_name_is_refused_by_default():
+    """Declaring ``softmax`` (not a registered problem) would silently check nothing: it is an error."""
+    class Misspelt:
+        capabilities = {"problems": {"softmax"}}
+
+        def attention(self, q, k, v, *, scale):
+            return v
+
+    with pytest.raises(CapabilityError, match="softmax"):
+        read_capabilities(Misspelt())

@@ -200,10 +200,11 @@ def declared_mapping(declared: Any) -> Mapping[str, Any]:
 def read_capabilities(backend: Any, *, known_problems: Iterable[str] | None = None) -> Capabilities:
     """A backend's declared capabilities (dict, object, zero-argument callable or nothing), validated.
 
-    Raises :class:`CapabilityError`, naming the field, for any malformed value, for unknown keys and when
-    reading the declaration itself raises.
+    Raises :class:`CapabilityError`, naming the field, for any malformed value, for unknown keys, for a
+    problem name the registry does not know (``known_problems`` defaults to every registered problem) and
+    when reading the declaration itself raises.
     """
-    from attnspec.conformance.judging.problems import backend_methods
+    from attnspec.conformance.judging.problems import backend_methods, problem_names
 
     try:
         declared = getattr(backend, "capabilities", None)
@@ -215,4 +216,5 @@ def read_capabilities(backend: Any, *, known_problems: Iterable[str] | None = No
     except (Exception, SystemExit) as exc:  # a backend's code: any failure is a bad declaration
         raise CapabilityError(f"reading the backend's capabilities raised {type(exc).__name__}: {exc}") from exc
     inferred = {p for p, m in backend_methods().items() if callable(getattr(backend, m, None))}
-    return validate_capabilities(mapping, default_problems=inferred, known_problems=known_problems)
+    known = problem_names() if known_problems is None else known_problems  # a misspelt problem is an error
+    return validate_capabilities(mapping, default_problems=inferred, known_problems=known)
