@@ -13,6 +13,8 @@ from attnspec.reductions.base import Reduction
 
 BUILTIN_REDUCTION_MODULES = [
     "attnspec.reductions.hmv_to_dynamic_attention",
+    "attnspec.reductions.maxip_to_softmax_attention",
+    "attnspec.reductions.maxip_to_tensor_attention",
 ]
 
 _REGISTRY: dict[str, Reduction] = {}
