@@ -32,15 +32,16 @@ def _fmpq(x: Fraction) -> fmpq:
 
 def row_data(state: DynamicState, i: int, j: int) -> tuple[list[fmpq], list[Fraction]]:
     """Exact logits of row i (as fmpq) and the exact value column j, captured now."""
-    q_i = [_fmpq(x) for x in state.q[i]]
-    s = _fmpq(state.scale)
+    q, k, v, scale = state.require_init("Query")
+    q_i = [_fmpq(x) for x in q[i]]
+    s = _fmpq(scale)
     logits = []
-    for key in state.k:
+    for key in k:
         acc = fmpq(0)
         for a, b in zip(q_i, key):
             acc += a * _fmpq(b)
         logits.append(s * acc)
-    return logits, [state.v[k, j] for k in range(state.v.shape[0])]
+    return logits, [v[r, j] for r in range(v.shape[0])]
 
 
 def _approx_float(x: fmpq) -> float:

@@ -50,9 +50,8 @@ def default_threads() -> int:
 def fraction_of(x: arb | fmpq | float | int) -> Fraction:
     """The exact rational value of an exact arb midpoint/radius, fmpq, float or int."""
     if isinstance(x, arb):
-        man, exp = x.man_exp()
-        man = int(man)
-        exp = int(exp)
+        man_f, exp_f = x.man_exp()
+        man, exp = int(man_f), int(exp_f)
         return Fraction(man * (1 << exp)) if exp >= 0 else Fraction(man, 1 << -exp)
     if isinstance(x, fmpq):
         return Fraction(int(x.p), int(x.q))

@@ -158,10 +158,10 @@ class DynamicState:
     @property
     def shape(self) -> tuple[int, int, int, int]:
         """(m, n, d, d_v): query rows, keys, key width, value width."""
-        q, k, v, _ = self._require_init("shape")
+        q, k, v, _ = self.require_init("shape")
         return q.shape[0], k.shape[0], k.shape[1], v.shape[1]
 
-    def _require_init(self, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fraction]:
+    def require_init(self, what: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, Fraction]:
         """(Q, K, V, s) of an initialised state; SpecError before Init."""
         if self.q is None or self.k is None or self.v is None or self.scale is None:
             raise SpecError(f"{what} before Init: the structure holds no Q, K, V yet")
@@ -176,7 +176,7 @@ class DynamicState:
             self.q, self.k, self.v, self.scale = _as_fractions(q), _as_fractions(k), _as_fractions(v), s
             return Init(q, k, v, s)
         if isinstance(op, (UpdateK, UpdateV)):
-            _, k, v, _ = self._require_init(type(op).__name__)
+            _, k, v, _ = self.require_init(type(op).__name__)
             mat, name = (k, "K") if isinstance(op, UpdateK) else (v, "V")
             i = _index(op.i, mat.shape[0], f"{type(op).__name__} row i")
             j = _index(op.j, mat.shape[1], f"{type(op).__name__} column j")
@@ -185,7 +185,7 @@ class DynamicState:
             self.updates += 1
             return type(op)(i, j, op.delta)
         if isinstance(op, Query):
-            q, _, v, _ = self._require_init("Query")
+            q, _, v, _ = self.require_init("Query")
             i = _index(op.i, q.shape[0], "Query row i")
             j = _index(op.j, v.shape[1], "Query column j")
             return Query(i, j)
@@ -193,7 +193,7 @@ class DynamicState:
 
     def logits_row(self, i: int) -> list[Fraction]:
         """The exact logits s·⟨q_i, k_l⟩ of row i for every key l (O(n·d) rational operations)."""
-        q, k, _, scale = self._require_init("logits_row")
+        q, k, _, scale = self.require_init("logits_row")
         qi = q[i]
         return [scale * sum((a * b for a, b in zip(qi, kl)), Fraction(0)) for kl in k]
 

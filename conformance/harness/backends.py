@@ -71,18 +71,20 @@ def _import_target(target: str) -> Any:
             raise BackendLoadError(f"backend file {module_name!r} does not exist")
         name = "attnspec_user_backend_" + os.path.splitext(os.path.basename(path))[0]
         spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise BackendLoadError(f"backend file {module_name!r} cannot be imported as a Python module")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a backend's import code: sys.exit there is a load error
             raise BackendLoadError(f"importing {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     else:
         if os.getcwd() not in sys.path and "" not in sys.path:
             sys.path.insert(0, os.getcwd())  # like `python -m`: modules next to the caller import
         try:
             module = importlib.import_module(module_name)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             raise BackendLoadError(f"importing module {module_name!r} raised {type(exc).__name__}: {exc}") from exc
     obj = module
     for part in attr.split("."):
