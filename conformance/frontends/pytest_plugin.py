@@ -27,6 +27,7 @@ import pytest
 
 SUITE_FILE = Path(__file__).with_name("pytest_suite.py")
 ITEM_NAME = "test_conformance"
+KNOWN_FAILURES = pytest.StashKey[Any]()  # the session's KnownFailures (None: no file)
 
 
 def _positive_int(text: str) -> int:
@@ -87,6 +88,13 @@ class OutcomeTracker:
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--attnspec-backend"):
+        from attnspec.conformance.harness.known_failures import KnownFailuresError, load_known_failures
+
+        try:  # read here, so that a malformed file is a usage error before collection
+            config.stash[KNOWN_FAILURES] = load_known_failures(config.getoption("--attnspec-known-failures"),
+                                                               default_dir=config.rootpath)
+        except KnownFailuresError as exc:
+            raise pytest.UsageError(f"attnspec: {exc}") from None
         config.args.append(str(SUITE_FILE))
         config.pluginmanager.register(OutcomeTracker(config), "attnspec-outcomes")
 

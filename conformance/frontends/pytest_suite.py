@@ -15,7 +15,8 @@ import pytest
 
 from attnspec.conformance.harness.case_files import save_case
 from attnspec.conformance.harness.isolation import InProcessRunner, ProcessRunner
-from attnspec.conformance.harness.known_failures import XFAIL, XPASS, KnownFailures, KnownFailuresError, load_known_failures
+from attnspec.conformance.frontends.pytest_plugin import KNOWN_FAILURES
+from attnspec.conformance.harness.known_failures import XFAIL, XPASS, KnownFailures
 from attnspec.conformance.harness.runner import NOT_APPLICABLE, judge_one
 from attnspec.conformance.harness.selection import cap_per_family
 from attnspec.conformance.judging.problems import get_problem, problem_names
@@ -41,10 +42,7 @@ def _session(config: pytest.Config) -> SuiteSession:
     """The session's backend runner and files, made once (collection needs the declared problems)."""
     if _SESSION not in config.stash:
         spec = config.getoption("--attnspec-backend")
-        try:
-            known = load_known_failures(config.getoption("--attnspec-known-failures"), default_dir=config.rootpath)
-        except KnownFailuresError as exc:
-            raise pytest.UsageError(f"attnspec: {exc}") from None
+        known = config.stash.get(KNOWN_FAILURES, None)  # read (and validated) by the plugin's configure
         failures = config.getoption("--attnspec-failures")
         failures_dir = Path(failures) if failures else config.rootpath / FAILURES_DIR
         timeout = config.getoption("--attnspec-timeout")
