@@ -22,6 +22,7 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.polynomial_attention",
     "attnspec.bench.tensor_attention",
     "attnspec.bench.dynamic_attention",
+    "attnspec.bench.reductions_hmv",
 ]
 
 
