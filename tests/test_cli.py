@@ -481,3 +481,19 @@ def test_json_stdout_is_only_the_report_with_a_printing_backend(tmp_path, isolat
     assert report["summary"]["pass"] == 2
     assert report["backend"]["class"].endswith("Chatty") and report["backend"]["version"] == "3.1.4"
     assert all("computing" in c.get("captured", "") for c in report["cases"])
+
+
+def test_identity_and_environment_come_from_the_worker(tmp_path):
+    pytest.importorskip("torch")
+    # In a real process: the harness never imports torch itself, only the worker that loads the backend.
+    proc = subprocess.run(
+        [sys.executable, "-m", "attnspec.conformance.frontends.cli", "conform", "--backend", "torch", "--json",
+         "--case", "softmax_attention/float64/degenerate/000", "--report", str(tmp_path / "r")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    import torch
+
+    assert report["backend"]["class"].endswith("TorchBackend")
+    assert report["environment"]["torch"] == report["backend"]["version"] == torch.__version__

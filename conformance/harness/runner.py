@@ -164,8 +164,8 @@ def run_conformance(
         header["backend"].update(_identity(spec, runner))
         header["backend"]["capabilities"] = caps.to_json()
         worker_environment = getattr(runner, "environment", None)
-        if worker_environment:
-            header["backend"]["environment"] = worker_environment
+        if worker_environment:  # merged into the report's environment: versions imported by the backend
+            header["environment"] = worker_environment
         wanted = list(dtypes) if dtypes else sorted(caps.dtypes & {"float64", "float32", "float16"}) or ["float64"]
         chosen = [p for p in problem_names() if p in set(problems or caps.problems)]
         selection.check_families(f for name in chosen for f in get_problem(name).families())
