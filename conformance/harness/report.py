@@ -189,7 +189,7 @@ def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[d
 
 def summarize(records: Iterable[dict[str, Any]]) -> dict[str, int]:
     """Counts per status (every status of :data:`STATUSES`, plus any other status seen) and the total."""
-    counts = {s: 0 for s in STATUSES}
+    counts = {s: 0 for s in (*STATUSES, "xfail", "xpass")}  # known failures: always counted, apart
     total = 0
     for r in records:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
@@ -250,7 +250,7 @@ def build_report(header: dict[str, Any], records: list[dict[str, Any]]) -> dict[
         "schema": REPORT_SCHEMA,
         "created": _now(),
         **sanitize(header),
-        "environment": environment(),
+        "environment": {**environment(), **sanitize(header.get("environment") or {})},  # + what the worker saw
         "summary": summarize(records),
         "rollup": sanitize(rollup(records)),
         "not_applicable_reasons": not_applicable_reasons(records),
