@@ -155,7 +155,8 @@ def build_gadget(source: MaxIPInstance, opts: dict[str, Any]) -> tuple[dict[str,
     # Padding queries are zero: every tuple has logit 0, so row = mean over tuples = Π_m mean(V_m[:, col]).
     padding_row = [float(np.prod([Fraction(int(v[:, col].sum()), big_n) for v in values])) for col in range(cols)]
     decoder = {"n": n, "order": k, "bits": bits, "t_star": t_star, "required_accuracy": required,
-               "eps_decision": float(eps_dec), "eps_bits": float(eps_bits), "t_min": t_min, "t_max": t_max,
+               "eps_decision": float(eps_dec), "eps_bits": float(eps_bits), "t_yes": float(t_of(g)),
+               "t_no": float(t_of(h)), "t_min": t_min, "t_max": t_max,
                "padding_row": padding_row, "tau_lo": lo, "tau_hi": hi}
     log_n = math.log(n)
     meta = {"theorem": {
@@ -246,7 +247,10 @@ def refusal(problem: Any, inst: Any, caps: Any, required: float, meta: dict[str,
     needs = (f"decoding needs every output entry within ε < {required:.3g} (ε_a = n^-{theorem['C_a']:.3g}) on "
              f"entries up to B = {theorem['B']:.4g} = {theorem['C_b']:.3g}·(ln n)^(1/{k}), n = {theorem['n']}")
     if not required > 0:
-        return f"the gadget has no margin: {theorem['margin_condition']} fails to separate YES from NO"
+        gad = meta["gadget"]
+        return (f"the gadget has no margin (ε_dec = {gad['eps_decision']:.3g}, ε_bits = {gad['eps_bits']:.3g}, "
+                f"threshold T* = {gad['t_star']!r} in float64): G = e^{gad['log_G']:.4g} does not exceed "
+                f"H = e^{gad['log_H']:.4g} with a float64-representable threshold between ({theorem['margin_condition']})")
     if caps.contract_eps is not None:
         from attnspec.conformance.judging.case_common import outside_declared_limits
         from attnspec.spec.validation import max_abs_exact

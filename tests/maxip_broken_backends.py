@@ -13,6 +13,12 @@ from attnspec.accelerated.tensor_attention import tensor_attention
 CAPS = {"problems": {"softmax_attention", "tensor_attention"}, "dtypes": {"float64"}, "deterministic": True}
 
 
+def _softmax(q, k, v, scale):
+    logits = scale * (q @ k.T)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (e @ v) / e.sum(axis=1, keepdims=True)
+
+
 def _padded(q: np.ndarray) -> bool:
     return bool((np.abs(q).sum(axis=1) == 0).any())
 
@@ -26,7 +32,7 @@ class MasksZeroKeys:
         keep = np.abs(k).sum(axis=1) > 0
         if keep.all() or not keep.any():
             return softmax_attention(q, k, v, scale=scale)
-        return softmax_attention(q, k[keep], v[keep], scale=scale)
+        return _softmax(q, k[keep], v[keep], scale)
 
 
 class DedupesRepeatedKeys:
@@ -39,7 +45,7 @@ class DedupesRepeatedKeys:
         if first.size == k.shape[0]:
             return softmax_attention(q, k, v, scale=scale)
         keep = np.sort(first)
-        return softmax_attention(q, k[keep], v[keep], scale=scale)
+        return _softmax(q, k[keep], v[keep], scale)
 
 
 def _dense_tensor(q, keys, values, scale, *, drop_last=False, reverse_values=False):
