@@ -153,7 +153,7 @@ def build_gadget(source: MaxIPInstance, opts: dict[str, Any]) -> tuple[dict[str,
         log_mass = float(mpmath.log(mass)) if mass > 0 else -math.inf
         dummy_logit = float(max((logit for cnt, logit in groups if cnt), default=Fraction(0)))
     # Padding queries are zero: every tuple has logit 0, so row = mean over tuples = Π_m mean(V_m[:, col]).
-    padding_row = [float(np.prod([Fraction(int(v[:, col].sum()), big_n) for v in values])) for col in range(cols)]
+    padding_row = [float(math.prod(Fraction(int(v[:, col].sum()), big_n) for v in values)) for col in range(cols)]
     decoder = {"n": n, "order": k, "bits": bits, "t_star": t_star, "required_accuracy": required,
                "eps_decision": float(eps_dec), "eps_bits": float(eps_bits), "t_yes": float(t_of(g)),
                "t_no": float(t_of(h)), "t_min": t_min, "t_max": t_max,

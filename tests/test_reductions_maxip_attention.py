@@ -277,5 +277,21 @@ def test_registered_and_generated_from_the_instance_record_alone():
     with pytest.raises(ValueError, match="unknown maxip-softmax parameters"):
         SOFTMAX.generate("planted_yes", 4, np.random.default_rng(1), dumy="zero")
     with pytest.raises(ValueError, match="max-logit dummy needs k = 2"):
-        TENSOR.generate("planted_yes", 4, np.random.default_rng(1), dummy="max") and None
         TENSOR.build(*TENSOR.generate("planted_yes", 4, np.random.default_rng(1), dummy="max"))
+
+
+@pytest.mark.parametrize("name,n", [("maxip-softmax", 5), ("maxip-tensor", 4)])
+def test_instance_sets_round_trip_and_name_a_tampered_array(tmp_path, name, n):
+    from attnspec.reductions.instance_sets import generate_set, load_manifest, run_set, verify_set
+
+    out = tmp_path / "set"
+    generate_set(name, "all", n, 6, 3, out, parameters={"dummy": "zero"})
+    assert verify_set(out) == []
+    assert all(r["status"] == "agree" for r in run_set(out, InProcessRunner(numpy_backend())))
+    record = load_manifest(out)["instances"][0]
+    path = out / record["npz"]
+    with np.load(path) as data:
+        arrays = dict(data)
+    arrays["source_a"] = 1 - arrays["source_a"]
+    np.savez(path, **arrays)
+    assert any(m.field == "arrays.source_a" for m in verify_set(out))
