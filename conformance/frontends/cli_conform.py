@@ -73,7 +73,7 @@ def add_runner_arguments(p: argparse.ArgumentParser) -> None:
 def seconds(text: str) -> float:
     """A finite number of seconds > 0 (argparse type: a bad value exits 2 with the reason)."""
     try:
-        return float(check_timeout(float(text)))  # type: ignore[arg-type]
+        return float(check_timeout(float(text)) or 0.0)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a finite number of seconds > 0, got {text!r}") from None
 

@@ -19,6 +19,7 @@ session (exit status 1).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"must be a finite number of seconds > 0, got {text!r}")
+    return value
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attnspec", "attnspec conformance suite")
     group.addoption("--attnspec-backend", default=os.environ.get("ATTNSPEC_BACKEND"),
@@ -46,7 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="repeatable; default: the backend's declared dtypes")
     group.addoption("--attnspec-isolation", default="process", choices=["process", "none"],
                     help="run the backend in a worker process with timeouts (default) or in this process (trusted code)")
-    group.addoption("--attnspec-timeout", type=float, default=60.0, help="seconds per backend call (worker isolation)")
+    group.addoption("--attnspec-timeout", type=_seconds, default=60.0, help="seconds per backend call (worker isolation)")
     group.addoption("--attnspec-max-examples", type=_positive_int, default=None, metavar="N",
                     help="at most the first N cases of each family, per problem and dtype (hypothesis draws included)")
     group.addoption("--attnspec-failures", default=None, metavar="DIR",

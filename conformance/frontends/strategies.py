@@ -17,6 +17,7 @@ shapes of hard cases (large logits, near ties, constant rows, shared shapes) are
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Literal
 
 import numpy as np
 from hypothesis import strategies as st
@@ -24,7 +25,7 @@ from hypothesis.extra import numpy as hnp
 
 from attnspec.spec.softmax_attention import SoftmaxAttentionInstance, make_instance, standard_scale
 
-_FLOAT_WIDTH = {"float64": 64, "float32": 32, "float16": 16}
+_FLOAT_WIDTH: dict[str, Literal[16, 32, 64]] = {"float64": 64, "float32": 32, "float16": 16}
 
 
 def shapes(max_n: int = 64, max_d: int = 16) -> st.SearchStrategy[tuple[int, int]]:
