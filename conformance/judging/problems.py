@@ -113,10 +113,15 @@ _loaded = False
 def register(problem: Problem) -> Problem:
     """Add ``problem`` to the registry (a second, different problem of the same name is an error)."""
     existing = _REGISTRY.get(problem.name)
-    if existing is not None and type(existing) is not type(problem):
-        raise ValueError(f"problem {problem.name!r} is already registered by {type(existing).__qualname__}")
+    if existing is not None and _class_name(existing) != _class_name(problem):
+        raise ValueError(f"problem {problem.name!r} is already registered by {_class_name(existing)}")
     _REGISTRY[problem.name] = problem
     return problem
+
+
+def _class_name(problem: Problem) -> str:
+    # By name, not identity: a module imported again (pytester, importlib.reload) registers an equal class.
+    return f"{type(problem).__module__}.{type(problem).__qualname__}"
 
 
 def _load() -> None:
