@@ -60,7 +60,7 @@ def run(ns: list[int], taus: list[float], repeats: int, normalised: bool, omega_
     omega = mm["omega_measured"] if mm else 3.0
     rows, fits = [], []
     for tau in taus:
-        per_n = []
+        per_n: list[dict[str, Any]] = []
         for n in ns:
             inst, _ = hmv.generate("random", n, np.random.default_rng(n), tau=tau)
             best: dict[str, float] = {}
@@ -76,7 +76,7 @@ def run(ns: list[int], taus: list[float], repeats: int, normalised: bool, omega_
                    "phase3_ratio_to_trivial": best["phase3_s"] / max(trivial["phase3_s"], 1e-9)}
             rows.append(row)
             per_n.append(row)
-        fit = {"tau": tau}
+        fit: dict[str, Any] = {"tau": tau}
         for phase in ("phase2_s", "phase3_s"):
             fit[phase.replace("_s", "_exponent")] = fit_exponent(ns, [r["reduction"][phase] for r in per_n]) if len(ns) > 1 else None
         fit.update(theory_phase2=2 + tau * (omega - 2), theory_phase3=1 + tau)

@@ -208,8 +208,9 @@ def generate_set(reduction_name: str, family: str, n: int, count: int, seed: int
         fam = families[index % len(families)]
         record, arrays = derive(reduction, fam, n, instance_seed(seed, index), parameters, with_reference=with_reference)
         iid = f"{index:06d}"
+        members: dict[str, Any] = dict(arrays)  # (numpy's stubs type **kwds like allow_pickle)
         with atomic_open(out / f"{iid}.npz") as f:
-            np.savez(f, **arrays)
+            np.savez(f, **members)
         instances.append({"id": iid, "npz": f"{iid}.npz", **record})
     manifest = {
         "format": SET_FORMAT,
