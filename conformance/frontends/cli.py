@@ -23,6 +23,7 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.tensor_attention",
     "attnspec.bench.dynamic_attention",
     "attnspec.bench.reductions_hmv",
+    "attnspec.bench.reductions_maxip",
 ]
 
 
