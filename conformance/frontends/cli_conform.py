@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--isolation", choices=["process", "none"], default="process", help="run the backend in a worker process (default) or in this process")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the JSON report on stdout (and nothing else)")
+    p.add_argument("--instances", metavar="DIR", help="judge the backend on a hard-instance set (attnspec instances "
+                   "generate) instead of the suite: decoded answers and certified errors against the margins")
     p.set_defaults(func=cmd_conform)
 
     r = sub.add_parser("replay", help="re-run a saved case file against a backend")
@@ -118,6 +120,10 @@ class Progress:
 
 
 def cmd_conform(args: argparse.Namespace) -> int:
+    if args.instances:
+        from attnspec.conformance.frontends.cli_conform_instances import conform_instances
+
+        return conform_instances(args)
     command = "attnspec " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     # Usage errors first, before any backend code runs.
     problem = report_dir_problem(args.report) or (junit_problem(args.junit) if args.junit else None)
