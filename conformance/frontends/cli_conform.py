@@ -229,7 +229,7 @@ def nothing_checked_hint(report: dict[str, Any]) -> list[str]:
     asked = ", ".join(report.get("dtypes", [])) or "?"
     if str(backend.get("class", "")).endswith("FunctionBackend"):
         return [f"  nothing was checked: a bare function declares float64 only; to check {asked}, make it an object "
-                f"with an attention method and capabilities = {{\"dtypes\": {{{', '.join(repr(d) for d in report.get('dtypes', []))}}}}}",
+                f"with an attention method and capabilities = {{\"dtypes\": {{{', '.join(json.dumps(d) for d in report.get('dtypes', []))}}}}}",
                 "  (see `Declaring capabilities` in docs/conformance.md)"]
     return [f"  nothing was checked: the backend declares dtypes {', '.join(declared) or '?'}, the run asked for {asked}; "
             "declare them in its capabilities[\"dtypes\"] or drop --dtype"]
