@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from attnspec.conformance.harness.isolation import DEFAULT_MEMORY_LIMIT, Process
 from attnspec.conformance.harness.known_failures import DEFAULT_FILE as DEFAULT_KNOWN_FAILURES
 from attnspec.conformance.harness.known_failures import XFAIL, XPASS, KnownFailuresError, load_known_failures
 from attnspec.conformance.harness.runner import NOT_APPLICABLE, judge_one, run_conformance
+from attnspec.conformance.harness.report import not_applicable_reasons
 from attnspec.conformance.harness.selection import CaseSelection, SelectionError
 from attnspec.conformance.judging.problems import problem_names
 
@@ -207,13 +207,6 @@ def _write_junit(report: dict[str, Any], file: str) -> None:
     write_junit(report, file)
 
 
-def not_applicable_reasons(report: dict[str, Any], top: int = 5) -> list[tuple[str, int]]:
-    """The most frequent not-applicable reasons (each reason of a case counted once), most frequent first."""
-    counts = Counter(reason for r in report["cases"] if r["status"] == NOT_APPLICABLE
-                     for reason in (r.get("reasons") or [r.get("message", "")]))
-    return counts.most_common(top)
-
-
 _DTYPE_REASON = re.compile(r"^dtype \S+ not declared|does not declare float64")
 
 
@@ -250,11 +243,14 @@ def _print_summary(report: dict[str, Any], directory: str) -> None:
         print(f"  … and {len(bad) - 10} more (see the report)")
     if s["undecided"]:
         print("  undecided cases are not passes: the reference could not decide them at the precision cap")
-    reasons = not_applicable_reasons(report)
+    reasons = not_applicable_reasons(report["cases"])  # grouped: reasons differing only in numbers are one
     if reasons:
         print("  not applicable, by reason:")
-        for reason, count in reasons:
-            print(f"    {count:5d}  {reason[:150]}")
+        for row in reasons[:5]:
+            text = row["example"] if row["count"] == 1 else row["reason"].replace("#", "…")
+            print(f"    {row['count']:5d}  {text[:150]}")
+        if len(reasons) > 5:
+            print(f"           … and {len(reasons) - 5} more reasons (see report.md)")
     hint = nothing_checked_hint(report)
     for line in hint:
         print(line)
