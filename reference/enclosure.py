@@ -166,7 +166,9 @@ class Enclosure:
         r = self.rad()
         with np.errstate(divide="ignore", invalid="ignore"):
             rel = np.where(r == 0, 0.0, r / m)
-        return float(np.nanmax(rel)) if rel.size else 0.0
+        if not rel.size or np.isnan(rel).all():  # no finite ball (a huge-logit case not yet refined)
+            return 0.0 if not rel.size else float("inf")
+        return float(np.nanmax(rel))
 
     def contains_floats(self, values: np.ndarray) -> bool:
         """True when every float in ``values`` lies inside its ball (exact check)."""
