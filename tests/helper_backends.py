@@ -193,20 +193,36 @@ class SpawnsSleeper:
         return correct_attention(q, k, v, scale)
 
 
-def live_group_members(pgid: int) -> list[int]:
-    """Pids of the processes in process group ``pgid`` that are not zombies (from /proc)."""
-    members = []
+def live_processes(keep) -> list[int]:
+    """Pids of the live (not zombie) processes for which ``keep(pid, stat_fields)`` holds (from /proc;
+    ``stat_fields`` are the fields after the command name: state, ppid, pgrp, …)."""
+    found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
+            if fields[0] not in ("Z", "X") and keep(int(entry), fields):
+                found.append(int(entry))
         except OSError:  # the process ended while we looked
             continue
-        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
-            members.append(int(entry))
-    return members
+    return found
+
+
+def live_group_members(pgid: int) -> list[int]:
+    """Pids of the processes in process group ``pgid`` that are not zombies."""
+    return live_processes(lambda pid, fields: int(fields[2]) == pgid)
+
+
+def _environment_holds(pid: int, marker: str) -> bool:
+    with open(f"/proc/{pid}/environ", "rb") as f:
+        return marker.encode() in f.read()
+
+
+def live_marked_processes(marker: str) -> list[int]:
+    """Pids of the live processes whose environment holds ``marker`` (children inherit it)."""
+    return live_processes(lambda pid, fields: _environment_holds(pid, marker))
 
 
 def group_is_gone(pgid: int, within: float = 10.0) -> bool:

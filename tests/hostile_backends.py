@@ -26,17 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file path in the worker, too
+from helper_backends import correct_attention  # noqa: E402
+
 SPEC_PREFIX = str(Path(__file__).resolve()) + ":"
 CAPABILITIES = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
 PRINT_BYTES = 1 << 20  # how much Prints writes in all
-
-
-def correct_attention(q, k, v, scale):
-    """Row-max-shifted softmax attention in float64."""
-    q, k, v = (np.asarray(x, dtype=np.float64) for x in (q, k, v))
-    logits = scale * (q @ k.T)
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return (e / e.sum(axis=1, keepdims=True)) @ v
 
 
 class Hostile:

@@ -101,25 +101,7 @@ def test_exact_rational_arrays_are_refused_on_save(tmp_path):
 # --------------------------------------------------------------------------- hostile files
 
 
-def _manifest(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def _write(path: Path, manifest) -> None:
-    path.write_text(json.dumps(manifest))
-
-
-def _arrays(path: Path) -> dict:
-    with np.load(path.with_suffix(".npz")) as z:
-        return {k: z[k] for k in z.files}
-
-
-def _rehash(path: Path, arrays: dict) -> None:
-    """Rewrite the npz and make the manifest's hashes match (a consistent but hostile file)."""
-    np.savez(path.with_suffix(".npz"), **arrays)
-    m = _manifest(path)
-    m["arrays"] = {k: {"sha256": case_files._sha256(a), "dtype": str(a.dtype), "shape": list(a.shape)} for k, a in arrays.items()}
-    _write(path, m)
+_manifest, _write, _arrays, _rehash = hf.manifest, hf.write_manifest, hf.arrays, hf.rehash  # shared with the catalogue
 
 
 def test_tampered_array_is_detected(saved):

@@ -22,6 +22,7 @@ import pytest
 
 from attnspec.conformance.harness.schemas import validate_report
 
+import helper_backends as hb_helpers
 import hostile_backends as hb
 
 CASES = ["softmax_attention/float64/degenerate/000", "softmax_attention/float64/uniform/000"]
@@ -49,25 +50,6 @@ IN_PROCESS = {"ZeroesV": (1, {"fail"}), "ScalesQInPlace": (0, {"pass"}), "SysExi
               "Prints": (0, {"pass"})}
 
 
-def _marked_processes(marker: str) -> list[int]:
-    """Pids of live (non-zombie) processes whose environment holds ``marker``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if marker.encode() not in f.read():
-                    continue
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z":
-            found.append(int(entry))
-    return found
-
-
 def _conform(tmp_path: Path, backend: str, isolation: str = "process") -> tuple[subprocess.CompletedProcess, dict, str]:
     marker = f"ATTNSPEC_E2E_{uuid.uuid4().hex}"
     env = dict(os.environ, ATTNSPEC_E2E_MARKER=marker)
@@ -83,7 +65,7 @@ def _conform(tmp_path: Path, backend: str, isolation: str = "process") -> tuple[
 def _no_survivors(marker: str, within: float = 10.0) -> list[int]:
     deadline = time.monotonic() + within
     while True:
-        alive = _marked_processes(marker)
+        alive = hb_helpers.live_marked_processes(marker)
         if not alive or time.monotonic() > deadline:
             return alive
         time.sleep(0.1)

@@ -36,7 +36,7 @@ import threading
 import time
 import weakref
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -186,10 +186,43 @@ def _install_handlers() -> None:
             signal.signal(signal.SIGTERM, _on_sigterm(previous))
 
 
+# --------------------------------------------------------------------------- the runners
+
+
+_R = TypeVar("_R", bound="Runner")
+
+
+class Runner:
+    """What both runners share: ``call`` and ``check_deterministic`` in terms of ``request``, and use as a
+    context manager (``close`` on exit)."""
+
+    def request(self, kind: str, target: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
+                max_output_elements: int | None = None) -> CallResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> CallResult:
+        """``backend.<method>(*args, **kwargs)`` (a ``"call"`` request)."""
+        return self.request("call", method, args, kwargs)
+
+    def check_deterministic(self, kind: str, target: str, args: Sequence[Any], kwargs: dict[str, Any], *,
+                            max_output_elements: int | None = None) -> CallResult:
+        """:func:`check_deterministic` on this runner."""
+        return check_deterministic(self, kind, target, args, kwargs, max_output_elements=max_output_elements)
+
+    def __enter__(self: _R) -> _R:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
 # --------------------------------------------------------------------------- ProcessRunner
 
 
-class ProcessRunner:
+class ProcessRunner(Runner):
     """A backend in a worker process, with a per-call timeout, a memory limit, and a restart after a
     crash or hang.
 
@@ -297,15 +330,6 @@ class ProcessRunner:
 
     # -- requests
 
-    def call(self, method: str, *args: Any, **kwargs: Any) -> CallResult:
-        """``backend.<method>(*args, **kwargs)`` in the worker (a ``"call"`` request)."""
-        return self.request("call", method, args, kwargs)
-
-    def check_deterministic(self, kind: str, target: str, args: Sequence[Any], kwargs: dict[str, Any], *,
-                            max_output_elements: int | None = None) -> CallResult:
-        """:func:`check_deterministic` on this runner."""
-        return check_deterministic(self, kind, target, args, kwargs, max_output_elements=max_output_elements)
-
     def request(self, kind: str, target: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
                 max_output_elements: int | None = None) -> CallResult:
         """One request to the worker (see the module docstring). An output with more than
@@ -379,11 +403,6 @@ class ProcessRunner:
         """Kill the worker and every process of its group."""
         self._kill()
 
-    def __enter__(self) -> "ProcessRunner":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):
@@ -451,7 +470,7 @@ def numpy_state_restored() -> Iterator[None]:
             np.set_printoptions(**printopts)
 
 
-class InProcessRunner:
+class InProcessRunner(Runner):
     """A backend called directly; every ``BaseException`` but ``KeyboardInterrupt`` becomes an error
     result (a Ctrl-C must still stop the run; in a worker, a backend's KeyboardInterrupt costs its case).
 
@@ -476,15 +495,6 @@ class InProcessRunner:
             self.backend = None
             self.load_error = f"{type(exc).__name__}: {exc}"
         self.load_captured = holder[0] if holder else ""
-
-    def call(self, method: str, *args: Any, **kwargs: Any) -> CallResult:
-        """``backend.<method>(*args, **kwargs)`` (a ``"call"`` request)."""
-        return self.request("call", method, args, kwargs)
-
-    def check_deterministic(self, kind: str, target: str, args: Sequence[Any], kwargs: dict[str, Any], *,
-                            max_output_elements: int | None = None) -> CallResult:
-        """:func:`check_deterministic` on this runner."""
-        return check_deterministic(self, kind, target, args, kwargs, max_output_elements=max_output_elements)
 
     def request(self, kind: str, target: str, args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None, *,
                 max_output_elements: int | None = None) -> CallResult:
@@ -513,12 +523,6 @@ class InProcessRunner:
 
     def close(self) -> None:
         pass
-
-    def __enter__(self) -> "InProcessRunner":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
 
 __all__ = [
