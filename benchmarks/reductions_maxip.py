@@ -196,14 +196,14 @@ def _print(result: dict[str, Any]) -> None:
     for name, part in result["reductions"].items():
         k = part["k"]
         print(f"{part['reduction']} (k = {k}, source {part['source']}, family {result['family']}):")
-        print("  n  C_b    B      d'  R=B^k   eps_a needed  eps floor  status    g/r            "
+        print("  n    C_b    B      d'  R=B^k   eps_a needed  eps floor  status    g/r            "
               "brute s   numpy pipe s (ratio)   poly pipe s (ratio)")
         for r in part["rows"]:
             gr = f"{r['degree']}/{r['rank']}" if r["status"] == "accepted" else ""
             numpy = "" if "numpy_pipeline_s" not in r else f"{r['numpy_pipeline_s']:.3g} ({r['numpy_ratio']:.3g}×)"
             poly = f"{r['poly_pipeline_s']:.3g} ({r['poly_ratio']:.3g}×)" if "poly_pipeline_s" in r else \
                 ("planned, rank too large" if "poly_skipped" in r else "")
-            print(f"  {r['n']:<3d}{r['C_b']:<7.3f}{r['B']:<7.3f}{r['d']:<4d}{r['logit_radius']:<8.3g}"
+            print(f"  {r['n']:<5d}{r['C_b']:<7.3f}{r['B']:<7.3f}{r['d']:<4d}{r['logit_radius']:<8.3g}"
                   f"{r['eps_a_needed']:<14.3g}{_fmt(r['eps_floor'], '<11.0e')}{r['status']:<10s}{gr:<15s}"
                   f"{r['brute_force_s']:<10.3g}{numpy:<23s}{poly}")
         for b in part["boundary"]:
@@ -247,6 +247,12 @@ def plot(result: dict[str, Any], directory: str) -> list[str]:
         grid = np.linspace(min(xs) * 0.9, max(xs) * 1.05, 50)
         ax.plot(grid, (width * (k - 1) * grid**k / gap) ** (1.0 / k), "k--", lw=1,
                 label=f"decoding threshold (d′·(k−1)·ln n/Δ)^(1/k), d′ = {width}")
+        ceiling = [(math.log(n) ** (1.0 / k), max((r["B"] for r in rows if r["n"] == n and r["eps_floor"] is not None),
+                                                   default=None)) for n in sorted({r["n"] for r in rows})]
+        ceiling = [(x, y) for x, y in ceiling if y is not None]
+        if ceiling:
+            ax.plot(*zip(*ceiling), "b:", marker="v", ms=4, lw=1,
+                    label=f"largest B of the sweep the method plans at ε_a = {EPS_LADDER[0]:g}")
         root = "∛(ln n)" if k == 3 else "√(ln n)"
         ax.set_xlabel(f"{root}   (n = {', '.join(str(b['n']) for b in part['boundary'])})")
         ax.set_ylabel("entry bound B")
@@ -255,7 +261,7 @@ def plot(result: dict[str, Any], directory: str) -> list[str]:
         ax.set_title(f"{part['reduction']} (k = {k}); grey lines: B = C_b·{root}", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     path = os.path.join(directory, "maxip_threshold.png")
-    fig.savefig(path, dpi=90, bbox_inches="tight")
+    fig.savefig(path, dpi=80, bbox_inches="tight")
     plt.close(fig)
     return [path]
 
