@@ -85,3 +85,18 @@ def test_instance_arrays_are_immutable_private_copies():
         inst.q[0, 0] = 3.0
     with pytest.raises(ValueError):
         inst.k.flags.writeable = True
+
+
+def test_a_declared_deterministic_promise_is_checked_by_the_suite():
+    """judge_one calls a backend declaring ``deterministic`` twice: one flipped last bit is an error,
+    although each answer alone would pass."""
+    import helper_backends as hb
+    from attnspec.conformance.harness.isolation import InProcessRunner
+    from attnspec.conformance.harness.runner import judge_one
+
+    case = get_problem("softmax_attention").generate_cases("quick", ("float64",), 0)[0]
+    runner = InProcessRunner(hb.Nondeterministic())
+    record = judge_one(case, runner, runner.capabilities)
+    assert record["status"] == "error" and "nondeterministic" in record["message"], record
+    honest = InProcessRunner(hb.Correct())
+    assert judge_one(case, honest, honest.capabilities)["status"] == "pass"

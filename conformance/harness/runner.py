@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 
 from attnspec.conformance.harness.backends import backend_identity
 from attnspec.conformance.harness.case_files import CaseFileError, load_case, save_case
-from attnspec.conformance.harness.isolation import DEFAULT_MEMORY_LIMIT, CallResult, InProcessRunner, ProcessRunner, check_timeout
+from attnspec.conformance.harness.isolation import DEFAULT_MEMORY_LIMIT, InProcessRunner, ProcessRunner, check_timeout
 from attnspec.conformance.harness.known_failures import XFAIL, XPASS, KnownFailures
 from attnspec.conformance.harness.selection import REPLAY_PREFIX, CaseSelection, SelectionError
 from attnspec.conformance.judging.problems import get_problem, problem_names
@@ -55,10 +54,10 @@ def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dic
     tolerance = problem.tolerance_for(case, caps) if hasattr(problem, "tolerance_for") else None
     kind, target, args, kwargs = problem.request(case)
     limit = problem.expected_output_elements(case)
-    result = runner.request(kind, target, args, kwargs, max_output_elements=limit)
-    if result.ok and getattr(caps, "deterministic", False):
-        again = runner.request(kind, target, args, kwargs, max_output_elements=limit)
-        result = same_bits(result, again)
+    if getattr(caps, "deterministic", False):  # the promise is checked, not trusted: two calls, same bits
+        result = runner.check_deterministic(kind, target, args, kwargs, max_output_elements=limit)
+    else:
+        result = runner.request(kind, target, args, kwargs, max_output_elements=limit)
     record["backend_seconds"] = result.seconds
     if getattr(result, "captured", ""):
         record["captured"] = result.captured
@@ -69,19 +68,6 @@ def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dic
     verdict = problem.judge(case, result.output, caps, max_prec=max_prec, tolerance=tolerance)
     record.update(status=verdict.status, message=verdict.message, evidence=verdict.evidence, judge_seconds=time.perf_counter() - t0)
     return record
-
-
-def same_bits(first: Any, second: Any) -> Any:
-    """``first`` when a backend that declares ``deterministic`` gave the same bits twice, else an error
-    result (the promise is checked, not trusted)."""
-    if not second.ok:
-        return second
-    a, b = np.asarray(first.output), np.asarray(second.output)
-    if a.dtype != b.dtype or a.shape != b.shape or np.ascontiguousarray(a).tobytes() != np.ascontiguousarray(b).tobytes():
-        return CallResult(False, error_kind="nondeterministic",
-                          error="the backend declares deterministic, but two calls on the same input gave different bits",
-                          seconds=first.seconds)
-    return first
 
 
 def _saved_failures(directory: Path) -> list[Any]:
