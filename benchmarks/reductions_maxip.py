@@ -45,8 +45,8 @@ DEFAULT_CB = [1.0, 1.25, 1.5, 1.75, 2.0, 2.25, 2.5, 2.75, 3.0, 3.5, 4.0]
 # Source parameters with the smallest d′/Δ the adversarial family allows (d ≥ τ_hi + k(w − τ_lo)):
 # the decoding threshold is C_b^k ≳ (k − 1)·d′/Δ, so a small d′/Δ leaves the polynomial method the most room.
 SETUPS: dict[str, dict[str, Any]] = {
-    "tensor": {"reduction": "maxip-tensor", "k": 3, "source": {"order": 3, "d": 8, "w": 2, "tau_hi": 2, "tau_lo": 0}},
-    "softmax": {"reduction": "maxip-softmax", "k": 2, "source": {"d": 6, "w": 2, "tau_hi": 2, "tau_lo": 0}},
+    "tensor": {"reduction": "maxip_to_tensor", "k": 3, "source": {"order": 3, "d": 8, "w": 2, "tau_hi": 2, "tau_lo": 0}},
+    "softmax": {"reduction": "maxip_to_softmax", "k": 2, "source": {"d": 6, "w": 2, "tau_hi": 2, "tau_lo": 0}},
 }
 EPS_LADDER = [10.0**-e for e in range(1, 15)]
 

@@ -29,7 +29,7 @@ SOURCE_KEYS = ("d", "w", "tau_hi", "tau_lo", "gap")
 class MaxIPToSoftmaxAttention(Reduction):
     """Gap-MaxIP (k = 2) → softmax attention ``attention(q, k, v, *, scale)``."""
 
-    name = "maxip-softmax"
+    name = "maxip_to_softmax"
     source_kind = maxip.KIND
     target_problem = PROBLEM
     families = maxip.FAMILIES

@@ -25,7 +25,7 @@ from attnspec.spec.tensor_attention import PROBLEM, make_instance
 class MaxIPToTensorAttention(MaxIPToSoftmaxAttention):
     """Gap-MaxIP (any order k ≥ 2) → tensor attention ``tensor_attention(q, keys, values, *, scale)``."""
 
-    name = "maxip-tensor"
+    name = "maxip_to_tensor"
     target_problem = PROBLEM
     order = 3  # the default source order; build takes any k ≥ 2
 

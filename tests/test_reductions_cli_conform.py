@@ -20,9 +20,9 @@ HERE = str(Path(__file__).resolve())
 MAXIP_BROKEN = str(Path(__file__).resolve().parent / "maxip_broken_backends.py") + ":"
 SETS = {  # (reduction, n, extra --param values)
     "hmv": ("hmv_to_odamv", 6, ["tau=0.9"]),
-    "tensor": ("maxip-tensor", 4, []),
-    "softmax": ("maxip-softmax", 6, []),
-    "softmax_zero": ("maxip-softmax", 6, ["dummy=\"zero\""]),
+    "tensor": ("maxip_to_tensor", 4, []),
+    "softmax": ("maxip_to_softmax", 6, []),
+    "softmax_zero": ("maxip_to_softmax", 6, ["dummy=\"zero\""]),
 }
 
 

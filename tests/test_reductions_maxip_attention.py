@@ -269,18 +269,18 @@ def test_through_worker_processes():
 
 
 def test_registered_and_generated_from_the_instance_record_alone():
-    for name in ("maxip-softmax", "maxip-tensor"):
+    for name in ("maxip_to_softmax", "maxip_to_tensor"):
         reduction = get_reduction(name)
         source, params = reduction.generate("planted_yes", 4, np.random.default_rng(1), dummy="zero")
         # instance sets rebuild from {"generator": record} only: the build options travel in the record
         assert reduction.build(source, {"generator": params["generator"]}).decoder == reduction.build(source, params).decoder
-    with pytest.raises(ValueError, match="unknown maxip-softmax parameters"):
+    with pytest.raises(ValueError, match="unknown maxip_to_softmax parameters"):
         SOFTMAX.generate("planted_yes", 4, np.random.default_rng(1), dumy="zero")
     with pytest.raises(ValueError, match="max-logit dummy needs k = 2"):
         TENSOR.build(*TENSOR.generate("planted_yes", 4, np.random.default_rng(1), dummy="max"))
 
 
-@pytest.mark.parametrize("name,n", [("maxip-softmax", 5), ("maxip-tensor", 4)])
+@pytest.mark.parametrize("name,n", [("maxip_to_softmax", 5), ("maxip_to_tensor", 4)])
 def test_instance_sets_round_trip_and_name_a_tampered_array(tmp_path, name, n):
     from attnspec.reductions.instance_sets import generate_set, load_manifest, run_set, verify_set
 
