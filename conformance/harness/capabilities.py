@@ -40,7 +40,9 @@ class Capabilities:
     ``bound``        the entry bound B under which ``contract_eps`` is claimed;
     ``max_logit_radius`` the largest logit radius R = |s|·d·B^k (k = 2 for softmax attention) for which
                      ``contract_eps`` is claimed (None: B^k, i.e. the papers' normalisation |s| ≤ 1/d);
-    ``deterministic`` whether repeated calls on the same input return identical bits.
+    ``deterministic`` whether repeated calls on the same input return identical bits;
+    ``heavy_slack``  for heavy_entries / universal_set: the slack s ≥ 0 up to which extra answers are
+                     allowed (each reported one must reach ε/(1+s); 0: exactly the ε-heavy ones).
     """
 
     problems: set[str] = field(default_factory=lambda: {"softmax_attention"})
@@ -53,6 +55,7 @@ class Capabilities:
     bound: float | None = None
     max_logit_radius: float | None = None
     deterministic: bool = False
+    heavy_slack: float = 0.0
 
     def precision_for(self, dtype: str) -> PrecisionModel:
         return self.precision.get(dtype, PrecisionModel(fmt=dtype))
@@ -170,6 +173,10 @@ def validate_capabilities(declared: Mapping[str, Any], *, default_problems: set[
     if not isinstance(deterministic, bool):
         raise CapabilityError(f"capability 'deterministic' must be True or False, got {_show(deterministic)}")
     caps.deterministic = deterministic
+    slack = declared.get("heavy_slack", 0.0)
+    if isinstance(slack, bool) or not isinstance(slack, numbers.Real) or not (math.isfinite(float(slack)) and slack >= 0):
+        raise CapabilityError(f"capability 'heavy_slack' must be a finite number >= 0, got {_show(slack)}")
+    caps.heavy_slack = slack if isinstance(slack, (int, Fraction)) else float(slack)
     precision = declared.get("precision")
     if precision is not None:
         if not isinstance(precision, Mapping):
