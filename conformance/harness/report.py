@@ -135,6 +135,7 @@ class ReportWriter:
     def __init__(self, directory: str | os.PathLike | None, *, command: str = ""):
         self.directory = Path(directory) if directory is not None else None
         self.records: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []
         self._stream: IO[str] | None = None
         if self.directory is not None:
             self._stream = _open_journal(self.directory, command)
@@ -144,6 +145,14 @@ class ReportWriter:
         self.records.append(record)
         if self._stream is not None:
             self._stream.write(json.dumps(record) + "\n")
+            self._stream.flush()
+
+    def note(self, event: dict[str, Any]) -> None:
+        """An event line in the journal (``{"event": …}``: a retried task, a cluster), not a case."""
+        event = sanitize(event)
+        self.events.append(event)
+        if self._stream is not None:
+            self._stream.write(json.dumps(event) + "\n")
             self._stream.flush()
 
     def summary(self) -> dict[str, int]:
@@ -179,7 +188,7 @@ def read_journal(path: str | os.PathLike) -> tuple[dict[str, Any] | None, list[d
                 continue
             if isinstance(obj, dict) and "journal" in obj and header is None and not records:
                 header = obj
-            elif isinstance(obj, dict):
+            elif isinstance(obj, dict) and not ("event" in obj and "status" not in obj):  # events are not cases
                 records.append(obj)
     return header, records
 

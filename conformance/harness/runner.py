@@ -8,15 +8,17 @@ crash, a timeout or garbage output is an ``error`` for that case; the run goes o
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 
 from attnspec.conformance.harness.backends import backend_identity
 from attnspec.conformance.harness.case_files import CaseFileError, load_case, save_case
+from attnspec.conformance.harness.distributed import SerialJudging
 from attnspec.conformance.harness.isolation import DEFAULT_MEMORY_LIMIT, InProcessRunner, ProcessRunner, check_timeout
 from attnspec.conformance.harness.known_failures import XFAIL, XPASS, KnownFailures
 from attnspec.conformance.harness.selection import REPLAY_PREFIX, CaseSelection, SelectionError
@@ -33,11 +35,23 @@ class RunOutcome:
     exit_code: int
 
 
-def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dict[str, Any]:
-    """Run and judge a single case; returns its report record (never raises for backend faults).
+@dataclass
+class PendingJudgement:
+    """A backend output waiting for its certified judgement: what :func:`judge_output` needs, fixed
+    before the output exists (``tolerance``) or received from the runner (``output``, already coerced
+    to a float, an int or a real numeric numpy array)."""
 
-    What is certified is fixed before the backend runs: the instance holds immutable private arrays (the
-    backend receives copies), and the tolerance is computed before the call."""
+    case: Any
+    output: Any
+    tolerance: Any
+
+
+def call_backend(case: Any, runner: Any, caps: Any) -> tuple[dict[str, Any], PendingJudgement | None]:
+    """The first half of :func:`judge_one`: applicability, the tolerance, the one isolated backend call.
+
+    Returns the case's record and, when the backend produced an output, the judgement still to do (the
+    record is then complete only after :func:`judge_output`); ``None`` when the record is final
+    (not applicable, or a backend error)."""
     problem = get_problem(case.problem)
     record: dict[str, Any] = {
         "case_id": case.case_id,
@@ -50,7 +64,7 @@ def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dic
     reasons = problem.not_applicable_reasons(case, caps)
     if reasons:
         record.update(status=NOT_APPLICABLE, message="; ".join(reasons), reasons=reasons)
-        return record
+        return record, None
     tolerance = problem.tolerance_for(case, caps) if hasattr(problem, "tolerance_for") else None
     kind, target, args, kwargs = problem.request(case)
     limit = problem.expected_output_elements(case)
@@ -63,10 +77,28 @@ def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dic
         record["captured"] = result.captured
     if not result.ok:
         record.update(status=ERROR, message=f"{result.error_kind}: {result.error}", evidence={"kind": result.error_kind})
-        return record
+        return record, None
+    return record, PendingJudgement(case, result.output, tolerance)
+
+
+def judge_output(case: Any, output: Any, caps: Any, tolerance: Any, *, max_prec: int = 1024) -> dict[str, Any]:
+    """The second half of :func:`judge_one`: the certified verdict on ``output`` as the record's fields
+    (``status``, ``message``, ``evidence``, ``judge_seconds``). A pure function of its arguments, so it can
+    run in another process on a rebuilt case (:mod:`attnspec.conformance.harness.distributed`)."""
     t0 = time.perf_counter()
-    verdict = problem.judge(case, result.output, caps, max_prec=max_prec, tolerance=tolerance)
-    record.update(status=verdict.status, message=verdict.message, evidence=verdict.evidence, judge_seconds=time.perf_counter() - t0)
+    verdict = get_problem(case.problem).judge(case, output, caps, max_prec=max_prec, tolerance=tolerance)
+    return {"status": verdict.status, "message": verdict.message, "evidence": verdict.evidence,
+            "judge_seconds": time.perf_counter() - t0}
+
+
+def judge_one(case: Any, runner: Any, caps: Any, *, max_prec: int = 1024) -> dict[str, Any]:
+    """Run and judge a single case; returns its report record (never raises for backend faults).
+
+    What is certified is fixed before the backend runs: the instance holds immutable private arrays (the
+    backend receives copies), and the tolerance is computed before the call."""
+    record, pending = call_backend(case, runner, caps)
+    if pending is not None:
+        record.update(judge_output(case, pending.output, caps, pending.tolerance, max_prec=max_prec))
     return record
 
 
@@ -126,6 +158,9 @@ def run_conformance(
     memory_limit_bytes: int | None = DEFAULT_MEMORY_LIMIT,
     selection: CaseSelection | None = None,
     known_failures: KnownFailures | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    dask_client: Any = None,
 ) -> RunOutcome:
     """Run the suite on backend ``spec``; exit code 0 iff no case failed, errored, stayed undecided or
     passed while listed as a known failure (``xpass``), and at least one case passed or failed as known.
@@ -134,6 +169,13 @@ def run_conformance(
     are raised before any case runs: ``ValueError`` for an unknown problem, timeout or isolation,
     :class:`SelectionError` for an unknown family or a selection that matches no case, and the report
     writer's error for an unusable ``report_dir`` (raised before the backend is loaded).
+
+    Judging runs in this process unless ``workers`` (a new Dask ``LocalCluster`` of that many worker
+    processes), ``scheduler`` (the address of an existing cluster) or ``dask_client`` (a Dask client) is
+    given; then the backend is still called here, one case after another, while the outputs are judged
+    on the cluster (:mod:`~attnspec.conformance.harness.distributed`). The journal receives each record
+    as it is judged; the report lists the cases in the run's order whatever the judging, so a serial
+    and a distributed run give the same report apart from timings.
     """
     problems = check_problems(problems)
     check_timeout(timeout)
@@ -165,8 +207,10 @@ def run_conformance(
                                  f"(dtypes {', '.join(wanted)})")
         total = len(cases)
         counts = {PASS: 0, FAIL: 0, UNDECIDED: 0, ERROR: 0, NOT_APPLICABLE: 0, XFAIL: 0, XPASS: 0}
-        for i, case in enumerate(cases):
-            record = judge_one(case, runner, caps)
+        order: list[int] = []  # the case index of each record, in the order they reached the journal
+
+        def finish(i: int, record: dict[str, Any]) -> None:
+            case = cases[i]
             if record["status"] in (FAIL, ERROR, UNDECIDED) and failures_dir is not None and not case.case_id.startswith(REPLAY_PREFIX):
                 try:
                     path = save_case(failures_dir, case, {"backend": spec, "status": record["status"], "message": record.get("message")})
@@ -176,9 +220,28 @@ def run_conformance(
             if known_failures is not None:
                 known_failures.apply(record)
             writer.add(record)
+            order.append(i)
             counts[record["status"]] += 1
             if progress:
-                progress(i + 1, total, counts)
+                progress(len(order), total, counts)
+
+        with judging_for(caps, writer, workers=workers, scheduler=scheduler, dask_client=dask_client) as judging:
+            waiting: dict[int, dict[str, Any]] = {}
+            for i, case in enumerate(cases):  # the next backend call overlaps the judging of the last ones
+                record, pending = call_backend(case, runner, caps)
+                if pending is None:
+                    finish(i, record)
+                else:
+                    waiting[i] = record
+                    judging.submit(i, pending)
+                for j, fields in judging.ready():
+                    waiting[j].update(fields)
+                    finish(j, waiting.pop(j))
+            for j, fields in judging.drain():
+                waiting[j].update(fields)
+                finish(j, waiting.pop(j))
+        position = {i: k for k, i in enumerate(order)}
+        writer.records = [writer.records[position[i]] for i in sorted(order)]  # the report: in the run's order
         header["dtypes"] = wanted
         header["problems"] = chosen
         if known_failures is not None:
@@ -188,6 +251,23 @@ def run_conformance(
     finally:
         runner.close()
         writer.close()  # after finish, a no-op; after a usage error, the journal is closed as it stands
+
+
+@contextlib.contextmanager
+def judging_for(caps: Any, writer: ReportWriter, *, workers: int | None, scheduler: str | None,
+                dask_client: Any) -> Iterator[Any]:
+    """Where the outputs are judged: here (no cluster asked for), or on a Dask cluster whose retries and
+    fallbacks are journal events."""
+    if workers is None and scheduler is None and dask_client is None:
+        yield SerialJudging(caps)
+        return
+    from attnspec.conformance.harness.distributed import DaskJudging, cluster_client, worker_count
+
+    with contextlib.ExitStack() as stack:
+        client = dask_client if dask_client is not None else stack.enter_context(cluster_client(workers, scheduler))
+        writer.note({"event": "cluster", "scheduler": str(getattr(client, "scheduler", None) and client.scheduler.address),
+                     "workers": worker_count(client)})
+        yield DaskJudging(client, caps, note=writer.note)
 
 
 def run_succeeded(summary: dict[str, int]) -> bool:
