@@ -188,10 +188,13 @@ def reference_decoding(reduction: Reduction, source: Any, params: dict[str, Any]
 
 
 def generate_set(reduction_name: str, family: str, n: int, count: int, seed: int, out: str | Path, *,
-                 parameters: dict[str, Any] | None = None, command: str = "", with_reference: bool = True) -> Path:
+                 parameters: dict[str, Any] | None = None, command: str = "", with_reference: bool = True,
+                 derive_many: Any = None) -> Path:
     """Write ``count`` instances of ``family`` (``all``: the families in turn) to ``out``; returns the
     manifest path. Arrays are written first, the manifest last (atomically), so an interrupted run never
-    leaves a manifest naming missing arrays."""
+    leaves a manifest naming missing arrays. ``derive_many(reduction, n, [(family, seed), …], parameters,
+    with_reference)``, when given, yields the :func:`derive` results in order (e.g. computed on a Dask
+    cluster: :func:`attnspec.conformance.harness.distributed.derive_on`)."""
     from attnspec import __version__
 
     reduction = get_reduction(reduction_name)
@@ -204,9 +207,10 @@ def generate_set(reduction_name: str, family: str, n: int, count: int, seed: int
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     instances = []
-    for index in range(count):
-        fam = families[index % len(families)]
-        record, arrays = derive(reduction, fam, n, instance_seed(seed, index), parameters, with_reference=with_reference)
+    jobs = [(families[index % len(families)], instance_seed(seed, index)) for index in range(count)]
+    derived = (derive_many(reduction.name, n, jobs, parameters, with_reference) if derive_many is not None else
+               (derive(reduction, fam, n, fam_seed, parameters, with_reference=with_reference) for fam, fam_seed in jobs))
+    for index, (record, arrays) in enumerate(derived):
         iid = f"{index:06d}"
         members: dict[str, Any] = dict(arrays)  # (numpy's stubs type **kwds like allow_pickle)
         with atomic_open(out / f"{iid}.npz") as f:

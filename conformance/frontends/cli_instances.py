@@ -19,6 +19,7 @@ set (refused by the hardened readers; nothing is ever unpickled).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
@@ -39,6 +40,9 @@ def register(subparsers: Any) -> None:
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                    help="a generator parameter (JSON value), e.g. tau=0.5; repeatable")
     g.add_argument("--no-reference", action="store_true", help="skip the reference backend's decoding")
+    from attnspec.conformance.frontends.cli_conform import add_cluster_arguments
+
+    add_cluster_arguments(g)
     g.set_defaults(func=run_generate)
     v = sub.add_parser("verify", help="re-derive and check a set")
     v.add_argument("directory")
@@ -92,8 +96,14 @@ def run_generate(args: argparse.Namespace) -> int:
         command = (f"attnspec instances generate {shlex.quote(args.family)} --n {args.n} --count {args.count} "
                    f"--seed {args.seed} --out {shlex.quote(args.out)}" + "".join(f" --param {shlex.quote(p)}" for p in args.param)
                    + (" --no-reference" if args.no_reference else ""))
-        path = generate_set(name, family or "all", args.n, args.count, args.seed, args.out, parameters=parameters,
-                            command=command, with_reference=not args.no_reference)
+        with contextlib.ExitStack() as stack:
+            derive_many = None
+            if getattr(args, "workers", None) or getattr(args, "scheduler", None):  # the instances derived on a cluster
+                from attnspec.conformance.harness.distributed import cluster_client, derive_on
+
+                derive_many = derive_on(stack.enter_context(cluster_client(args.workers, args.scheduler)))
+            path = generate_set(name, family or "all", args.n, args.count, args.seed, args.out, parameters=parameters,
+                                command=command, with_reference=not args.no_reference, derive_many=derive_many)
     except (ValueError, TypeError) as exc:
         return _usage(str(exc))
     print(f"wrote {args.count} instances: {path}")

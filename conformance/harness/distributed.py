@@ -143,7 +143,7 @@ def _cluster_client(workers: int | None, scheduler: str | None, quiet: bool) -> 
         if not quiet:
             link = dashboard_link(client)
             where = scheduler or f"a local cluster of {workers} worker processes"
-            print(f"attnspec: judging on {where}" + (f"; dashboard: {link}" if link else " (no dashboard: pip install bokeh)"),
+            print(f"attnspec: computing on {where}" + (f"; dashboard: {link}" if link else " (no dashboard: pip install bokeh)"),
                   file=sys.stderr)
         yield client
     finally:
