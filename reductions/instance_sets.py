@@ -133,7 +133,7 @@ def instance_seed(seed: int, index: int) -> int:
 def _families(reduction: Reduction, family: str) -> list[str]:
     if family in ("all", "*"):
         return list(reduction.families)
-    if family not in reduction.families:
+    if family not in reduction.families and family not in getattr(reduction, "input_families", ()):  # inputs: not in "all"
         raise ValueError(f"reduction {reduction.name!r} has no family {family!r}; known: {', '.join(reduction.families)}, all")
     return [family]
 

@@ -15,6 +15,7 @@ BUILTIN_REDUCTION_MODULES = [
     "attnspec.reductions.hmv_to_dynamic_attention",
     "attnspec.reductions.maxip_to_softmax_attention",
     "attnspec.reductions.maxip_to_tensor_attention",
+    "attnspec.reductions.sat_to_attention",
 ]
 
 _REGISTRY: dict[str, Reduction] = {}

@@ -6,6 +6,8 @@
         writes DIR/manifest.json (attnspec.instances/1) and one .npz per instance; without /FAMILY the
         families take turns. Example: attnspec instances generate hmv_to_odamv/planted_yes --n 16
         --count 20 --seed 1 --out sets/hmv --param tau=0.5
+    attnspec instances generate sat_to_softmax|sat_to_tensor --cnf FILE | --cnfgen FAMILY [--param ...] --out DIR
+        the SAT chain on one formula (a DIMACS file, or a CNFgen family with its parameters as --param).
     attnspec instances verify DIR [--no-reference] [--json]
         re-derives every instance and answer; names each array or field that differs.
     attnspec instances run DIR --backend SPEC [--isolation process|none] [--timeout T] [--no-judge] [--json]
@@ -33,8 +35,11 @@ def register(subparsers: Any) -> None:
     ls.set_defaults(func=run_list)
     g = sub.add_parser("generate", help="write an instance set")
     g.add_argument("family", metavar="REDUCTION[/FAMILY]", help="e.g. hmv_to_odamv/planted_yes, or hmv_to_oamv (all families)")
-    g.add_argument("--n", type=int, required=True, help="source size n")
-    g.add_argument("--count", type=int, required=True, help="number of instances")
+    g.add_argument("--n", type=int, help="source size n (required unless --cnf/--cnfgen)")
+    g.add_argument("--count", type=int, help="number of instances (required unless --cnf/--cnfgen: then 1)")
+    g.add_argument("--cnf", metavar="FILE", help="sat_to_*: the formula from a DIMACS file (one instance)")
+    g.add_argument("--cnfgen", metavar="FAMILY", help="sat_to_*: a CNFgen family (optional dependency); its "
+                   "parameters as --param, e.g. --cnfgen php --param pigeons=3 --param holes=2")
     g.add_argument("--seed", type=int, default=0, help="set seed (default 0)")
     g.add_argument("--out", required=True, help="output directory")
     g.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
@@ -89,11 +94,25 @@ def run_generate(args: argparse.Namespace) -> int:
     from attnspec.reductions.instance_sets import generate_set
 
     name, _, family = args.family.partition("/")
-    if args.n < 1 or args.count < 0 or args.seed < 0:
+    formula_input = args.cnf is not None or args.cnfgen is not None
+    if formula_input and (args.n is not None or args.count not in (None, 1) or family):
+        return _usage("--cnf/--cnfgen give one formula: no /FAMILY, --n or --count other than 1")
+    if not formula_input and (args.n is None or args.count is None):
+        return _usage("--n and --count are required (unless --cnf FILE or --cnfgen FAMILY)")
+    if formula_input:
+        args.count = 1
+    if (args.n is not None and args.n < 1) or args.count < 0 or args.seed < 0:
         return _usage("--n must be positive, --count and --seed non-negative")
     try:
         parameters = _params(args.param)
-        command = (f"attnspec instances generate {shlex.quote(args.family)} --n {args.n} --count {args.count} "
+        if formula_input:
+            from attnspec.reductions.sat_to_attention import INPUT_FAMILY, input_parameters
+
+            parameters, args.n = input_parameters(args.cnf, args.cnfgen, parameters)
+            family = INPUT_FAMILY
+        source = f"--cnf {shlex.quote(args.cnf)}" if args.cnf is not None else f"--cnfgen {shlex.quote(args.cnfgen)}" \
+            if args.cnfgen is not None else f"--n {args.n} --count {args.count}"
+        command = (f"attnspec instances generate {shlex.quote(args.family)} {source} "
                    f"--seed {args.seed} --out {shlex.quote(args.out)}" + "".join(f" --param {shlex.quote(p)}" for p in args.param)
                    + (" --no-reference" if args.no_reference else ""))
         with contextlib.ExitStack() as stack:
