@@ -260,7 +260,9 @@ def input_parameters(cnf_file: str | None, cnfgen_family: str | None, params: di
         keys = cnfmod.CNFGEN_FAMILIES.get(cnfgen_family, ())
         gen = {k: params.pop(k) for k in keys if k in params}
         formula = cnfmod.from_cnfgen(cnfgen_family, **gen)
-        origin = {"cnfgen": cnfgen_family, "params": gen}
+        from importlib.metadata import version
+
+        origin = {"cnfgen": cnfgen_family, "params": gen, "cnfgen_version": version("cnfgen")}
     return {**params, "cnf": formula.to_dimacs(), "origin": origin}, max(1, formula.num_vars)
 
 
