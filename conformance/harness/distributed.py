@@ -195,6 +195,7 @@ class BatchedMap:
         self.done: list[tuple[int, Any]] = []
         self.seconds_per_item: float | None = None
         self._batches = 0
+        self._draining = False
         self._seen_retries: set[tuple[str, str]] = set()
         self.stats = {"batches": 0, "items": 0, "compute_seconds": 0.0, "retries": 0, "client_fallbacks": 0}
 
@@ -204,7 +205,10 @@ class BatchedMap:
         item while nothing is known: the first batches calibrate, and idle workers get work at once)."""
         if not self.seconds_per_item:
             return 1
-        return int(min(MAX_BATCH_ITEMS, max(1, self.target_seconds / self.seconds_per_item)))
+        size = int(min(MAX_BATCH_ITEMS, max(1, self.target_seconds / self.seconds_per_item)))
+        if self._draining:  # no more items coming: share the rest out, so no worker idles at the end
+            size = min(size, max(1, -(-len(self.pending) // self.max_in_flight)))
+        return size
 
     def _learn(self, seconds: list[float]) -> None:
         if not seconds:
@@ -273,6 +277,7 @@ class BatchedMap:
     def drain(self) -> Iterator[tuple[int, Any]]:
         from distributed import wait
 
+        self._draining = True
         yield from self.ready()
         while self.in_flight or self.pending:
             self._dispatch()
