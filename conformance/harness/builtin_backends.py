@@ -15,13 +15,14 @@ import numpy as np
 from attnspec.conformance.judging.precision_model import PrecisionModel
 
 SOFTMAX, TENSOR, DYNAMIC = "softmax_attention", "tensor_attention", "dynamic_attention"
+HEAVY_ENTRIES, UNIVERSAL_SET = "heavy_entries", "universal_set"
 
 
 class ReferenceBackend:
     """The certified references, rounded once to float64 (enclosure midpoints at 128 bits)."""
 
     capabilities = {
-        "problems": {SOFTMAX, TENSOR, DYNAMIC},
+        "problems": {SOFTMAX, TENSOR, DYNAMIC, HEAVY_ENTRIES, UNIVERSAL_SET},
         "dtypes": {"float64", "float32"},
         "devices": {"cpu"},
         "max_n": 2048,
@@ -46,6 +47,20 @@ class ReferenceBackend:
 
     def dynamic_attention(self, normalised: bool = True) -> "ReferenceDynamicStructure":
         return ReferenceDynamicStructure(normalised)
+
+    def heavy_entries(self, q, k, *, eps, p):
+        """Exactly {(i, j) : A_ij ≥ ε} (integer arithmetic, attnspec.reference.heavy_keys)."""
+        from attnspec.reference.heavy_keys import heavy_reference
+        from attnspec.spec.heavy_keys import make_heavy_instance
+
+        return heavy_reference(make_heavy_instance(q, k, eps=eps, p=p)).heavy()
+
+    def universal_set(self, k, *, eps, p):
+        """Exactly {j : τ_j ≥ ε} (rational leverage scores of K, or of its lift for p = 4)."""
+        from attnspec.reference.heavy_keys import universal_reference
+        from attnspec.spec.heavy_keys import make_universal_instance
+
+        return np.array(universal_reference(make_universal_instance(k, eps=eps, p=p)).at_least(eps), dtype=np.int64)
 
 
 class ReferenceDynamicStructure:
@@ -74,9 +89,16 @@ class ReferenceDynamicStructure:
         return float(enclose(128).mid()[0, 0])
 
 
+# Extra keys/entries the accelerated heavy-key methods may report: thresholds ε/(1+η) and ε − α with the
+# certified float64 bounds η, α, which are ~1e-11 (p = 2) to ~1e-6 (p = 4, ill-conditioned lifts).
+HEAVY_SLACK = 1e-4
+
+
 class AcceleratedBackend:
     """attnspec's own implementations on an array library (numpy or CuPy): blocked online-softmax
-    attention, blocked tensor attention, and the lazy-update dynamic structure (τ = 1/2)."""
+    attention, blocked tensor attention, the lazy-update dynamic structure (τ = 1/2), and heavy keys
+    (certified float64 leverage scores and heavy-entry enumeration, exact fallback when the a-posteriori
+    bound does not fit ``heavy_slack``: :mod:`attnspec.accelerated.heavy_keys`)."""
 
     def __init__(self, device: str = "cpu", block_size: int | None = None, tensor_block: int | None = 61):
         from attnspec.accelerated import softmax_attention as impl
@@ -88,11 +110,33 @@ class AcceleratedBackend:
         self._block_size = block_size
         self._tensor_block = tensor_block  # prime: the small conformance cases still span several blocks
         self.capabilities = {
-            "problems": {SOFTMAX, TENSOR, DYNAMIC},
+            "problems": {SOFTMAX, TENSOR, DYNAMIC, HEAVY_ENTRIES, UNIVERSAL_SET},
             "dtypes": {"float64", "float32"},
             "devices": {device},
             "deterministic": True,
+            "heavy_slack": HEAVY_SLACK,
         }
+        self.heavy_fallbacks = 0  # calls answered by the exact reference (bound too loose for the slack)
+
+    def heavy_entries(self, q, k, *, eps, p):
+        from attnspec.accelerated import heavy_keys as hk
+
+        if hk.in_safe_range(q) and hk.in_safe_range(k):
+            res = hk.heavy_entries(self._to_device(q), self._to_device(k), eps=eps, p=p)
+            if res.certified and res.slack(float(eps)) <= HEAVY_SLACK:
+                return res.pairs
+        self.heavy_fallbacks += 1
+        return hk.exact_fallback_heavy_entries(q, k, eps=eps, p=p)
+
+    def universal_set(self, k, *, eps, p):
+        from attnspec.accelerated import heavy_keys as hk
+
+        if hk.in_safe_range(k):
+            keys, lev = hk.universal_set(self._to_device(k), eps=eps, p=p)
+            if lev.certified and hk.slack_needed(lev.rel_error) <= HEAVY_SLACK:
+                return np.asarray(self._to_host(keys), dtype=np.int64)
+        self.heavy_fallbacks += 1
+        return hk.exact_fallback_universal_set(k, eps=eps, p=p)
 
     def _to_device(self, x):
         return self._xp.asarray(x)
