@@ -172,8 +172,6 @@ def parse_dimacs(data: bytes | str, source: str = "<dimacs>") -> CNF:
                                       "refused, since it makes the formula trivially unsatisfiable", line_no, column, source)
                 clauses.append(tuple(current))
                 current = []
-                if len(clauses) > header[1]:
-                    raise DimacsError(f"more clauses than the {header[1]} declared on line {header[2]}", line_no, column, source)
                 continue
             if not _LITERAL.match(token):
                 raise DimacsError(f"stray token {token[:40]!r}: a literal is a non-zero integer, each clause ends with 0",
@@ -182,6 +180,9 @@ def parse_dimacs(data: bytes | str, source: str = "<dimacs>") -> CNF:
                 raise DimacsError(f"literal {token[:40]} is out of range: the header declares {header[0]} variables",
                                   line_no, column, source)
             if not current:
+                if len(clauses) == header[1]:
+                    raise DimacsError(f"more clauses than the {header[1]} declared on line {header[2]}", line_no, column,
+                                      source)
                 start = (line_no, column)
             current.append(int(token))
     if header is None:
