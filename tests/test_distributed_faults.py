@@ -1,0 +1,68 @@
+"""A Dask worker killed in the middle of a run costs a retry of its batch, not the run: the run finishes,
+every case is judged exactly once, the report is the serial one and the journal shows the retry.
+
+One LocalCluster of three worker processes (each under a nanny, which restarts a killed worker)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+distributed = pytest.importorskip("distributed")
+
+from attnspec.conformance.harness.runner import run_conformance  # noqa: E402
+from attnspec.conformance.harness.selection import CaseSelection  # noqa: E402
+
+FAMILIES = ("uniform", "odd_sizes")
+TIMINGS = ("backend_seconds", "judge_seconds")
+
+
+@pytest.fixture(scope="module")
+def client():
+    import logging
+
+    with distributed.LocalCluster(n_workers=3, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                  silence_logs=logging.CRITICAL) as cluster, distributed.Client(cluster) as c:
+        yield c
+
+
+def _kill_a_busy_worker(client) -> str:
+    """SIGKILL the process of a worker that holds one of this run's batches (waits until one does)."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        busy = [addr for addr, keys in client.processing().items()
+                if any(str(k).startswith("attnspec-batch-") for k in keys)]
+        if busy:
+            pids = client.run(os.getpid, workers=[busy[0]])
+            os.kill(pids[busy[0]], signal.SIGKILL)
+            return busy[0]
+        time.sleep(0.01)
+    raise AssertionError("no worker ever held a batch")
+
+
+def test_a_killed_worker_costs_a_retry_not_the_run(client, tmp_path):
+    selection = CaseSelection((), FAMILIES, None)
+    serial = run_conformance("numpy", problems=["softmax_attention"], report_dir=tmp_path / "serial", isolation="none",
+                             selection=selection).report
+    killed: list[str] = []
+
+    def progress(done, total, counts):
+        if not killed:  # the first record back: batches are still in flight
+            killed.append(_kill_a_busy_worker(client))
+
+    report = run_conformance("numpy", problems=["softmax_attention"], report_dir=tmp_path / "killed", isolation="none",
+                             selection=selection, dask_client=client, progress=progress).report
+    assert killed
+    ids = [r["case_id"] for r in report["cases"]]
+    assert len(ids) == len(set(ids)) == serial["summary"]["total"]  # every case exactly once
+    strip = lambda rep: [{k: v for k, v in r.items() if k not in TIMINGS} for r in rep["cases"]]  # noqa: E731
+    assert strip(report) == strip(serial)
+    lines = [json.loads(line) for line in (tmp_path / "killed" / "cases.jsonl").read_text().splitlines()[1:]]
+    retries = [e for e in lines if e.get("event") == "retry"]
+    assert retries and all(e["worker"] == killed[0] for e in retries), lines[-3:]
+    judged = [e["case_id"] for e in lines if "status" in e]
+    assert sorted(judged) == sorted(ids)  # the journal, too, holds each case once
