@@ -39,6 +39,7 @@ BUILTIN_PROBLEM_MODULES = (
     "attnspec.conformance.judging.softmax_attention",
     "attnspec.conformance.judging.tensor_attention",
     "attnspec.conformance.judging.dynamic_attention",
+    "attnspec.conformance.judging.heavy_keys",
 )
 PROBLEM_ENTRY_POINT_GROUP = "attnspec.problems"
 
