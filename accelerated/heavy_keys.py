@@ -409,6 +409,7 @@ class StreamingSelector:
         self.seen = 0
         self.fro2 = 0.0
         self.max_held = 0
+        self.max_state_bytes = 0  # largest state_bytes seen after any chunk
         self.overflow: list[tuple[Any, Any]] = []  # only while nothing can be pruned (uncertified)
 
     @property
@@ -431,6 +432,7 @@ class StreamingSelector:
         if keep is None:  # no certified factor yet: hold everything (bounded only by rank deficiency)
             self.overflow = [(rows[self.count:], index[self.count:])]
             self.max_held = max(self.max_held, rows.shape[0])
+            self.max_state_bytes = max(self.max_state_bytes, self.state_bytes)
             return
         rows, index = rows[keep], index[_host(keep)]
         if rows.shape[0] > self.capacity:  # impossible with certified scores (Σ τ ≤ D)
@@ -440,6 +442,7 @@ class StreamingSelector:
         self.cand_rows[: self.count] = rows
         self.cand_index[: self.count] = index
         self.max_held = max(self.max_held, self.count)
+        self.max_state_bytes = max(self.max_state_bytes, self.state_bytes)
 
     def _survivors(self, rows):
         """Mask of rows whose prefix score may still reach ε (None when G has no certified factor)."""
