@@ -24,7 +24,6 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.dynamic_attention",
     "attnspec.bench.reductions_hmv",
     "attnspec.bench.reductions_maxip",
-    "attnspec.bench.heavy_keys",
     "attnspec.bench.distributed",
 ]
 
