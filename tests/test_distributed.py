@@ -166,3 +166,11 @@ def test_cli_workers_flags(tmp_path, capsys):
             main(["conform", "--backend", "numpy", *argv, "--report", str(tmp_path / "r")])
         assert exc.value.code == 2
         assert why in capsys.readouterr().err
+
+
+def test_bench_distributed_smoke(capsys):
+    """`attnspec bench distributed` at toy size: both runs agree and the figures are reported."""
+    assert main(["bench", "distributed", "--profile", "quick", "--family", "degenerate", "--isolation", "none", "--sweep", "40", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["identical_reports"] is True and out["run"]["cases"] > 0
+    assert out["sweep"]["items"] == 40 and out["speedup"] > 0
