@@ -24,6 +24,7 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.dynamic_attention",
     "attnspec.bench.reductions_hmv",
     "attnspec.bench.reductions_maxip",
+    "attnspec.bench.heavy_keys",
     "attnspec.bench.distributed",
 ]
 
