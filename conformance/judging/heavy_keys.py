@@ -258,7 +258,8 @@ def _judge_members(reported: set, heavy: set, low: list, value: Callable[[Any], 
                    slack: Fraction, what: str) -> tuple[list[str], dict[str, Any]]:
     """The failure messages and evidence for missing heavy members and reported ones below ε/(1+s)."""
     missing = sorted(heavy - reported)
-    messages, evidence = [], {}
+    messages: list[str] = []
+    evidence: dict[str, Any] = {}
     if missing:
         evidence["missing"] = [{"index": _listed(m), "value": _value(value(m))} for m in missing[:EVIDENCE_ITEMS]]
         evidence["missing_count"] = len(missing)
