@@ -101,7 +101,11 @@ def build_gadget(source: MaxIPInstance, opts: dict[str, Any]) -> tuple[dict[str,
     if dummy == "tuned":
         # n^{k−1}·e^L + mixed = √(GH) = e^{β(τ_hi+τ_lo)/2}·n^{(k−1)/2}
         log_mid = beta_target * (hi + lo) / 2 + math.log(tuples) / 2
-        wanted_logit = max(0.0, math.log(max(math.exp(log_mid) - mixed, 1.0)) - math.log(tuples))
+        if log_mid < 700:
+            log_rest = math.log(max(math.exp(log_mid) - mixed, 1.0))
+        else:  # e^log_mid overflows a float (large τ, e.g. the SAT chain's τ = m): log(e^x − c) = x + log(1 − c·e^−x)
+            log_rest = log_mid + math.log1p(-mixed * math.exp(-log_mid))
+        wanted_logit = max(0.0, log_rest - math.log(tuples))
         extra = max(1, math.ceil(wanted_logit / beta_target))
     width = d + extra
     scale = Fraction(1.0 / width)  # the float the backend receives, exactly
