@@ -136,9 +136,10 @@ def parse_dimacs(data: bytes | str, source: str = "<dimacs>") -> CNF:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            line = data.count(b"\n", 0, exc.start) + 1
-            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise DimacsError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}): binary data?", line, column, source) from None
+            bad_line = data.count(b"\n", 0, exc.start) + 1
+            bad_column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise DimacsError(f"not UTF-8 text (byte 0x{data[exc.start]:02x}): binary data?", bad_line, bad_column,
+                              source) from None
     else:
         text = data
     header: tuple[int, int, int] | None = None  # (V, C, line)

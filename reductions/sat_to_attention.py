@@ -221,7 +221,10 @@ class SatToSoftmaxAttention(Reduction):
     def source_from_files(self, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> CNF:
         if set(arrays) != {"clauses"}:
             raise ValueError(f"a CNF source is the array 'clauses', got {sorted(arrays)}")
-        formula = cnfmod.cnf_from_matrix(arrays["clauses"], params.get("num_vars"))
+        num_vars = params.get("num_vars")
+        if isinstance(num_vars, bool) or not isinstance(num_vars, int):
+            raise ValueError(f"CNF parameter 'num_vars' must be an integer, got {num_vars!r}")
+        formula = cnfmod.cnf_from_matrix(arrays["clauses"], num_vars)
         for key in ("num_clauses", "sha256"):
             if params.get(key) != getattr(formula, key):
                 raise ValueError(f"CNF parameter {key!r} = {params.get(key)!r} does not match the clauses")

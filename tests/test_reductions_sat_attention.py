@@ -123,6 +123,15 @@ def test_cnfgen_families_through_the_chain(family, params):
         _check(SAT_TO_SOFTMAX, RUNNERS["reference"], formula, family)
 
 
+def test_without_cnfgen_the_family_is_refused_with_the_install_line(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cnfgen", None)  # as if it were not installed
+    assert not cnf.cnfgen_available()
+    with pytest.raises(ValueError, match=r"CNFgen is not installed \(optional, GPL-3.0\)"):
+        cnf.from_cnfgen("php", pigeons=3, holes=2)
+
+
 def test_cnfgen_refuses_unknown_families_and_parameters():
     with pytest.raises(ValueError, match="unknown CNFgen family 'nope'"):
         cnf.from_cnfgen("nope")
