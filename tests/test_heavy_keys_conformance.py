@@ -160,3 +160,17 @@ def test_the_builtin_reference_backend_passes_exactly():
 def test_the_builtin_numpy_backend_passes():
     bad = [(r["case_id"], r["status"], r["message"]) for r in _records(numpy_backend()) if r["status"] != "pass"]
     assert not bad, bad
+
+
+@pytest.mark.parametrize("problem", [HEAVY, UNIVERSAL], ids=lambda p: p.name)
+def test_case_files_round_trip_and_keep_the_verdict(problem, tmp_path):
+    from attnspec.conformance.harness.case_files import load_case, save_case
+
+    case = next(c for c in problem.generate_cases("quick") if c.family == "ties")
+    loaded, _manifest = load_case(save_case(tmp_path, case))
+    assert (loaded.case_id, loaded.problem, loaded.instance.eps, loaded.instance.p) == (
+        case.case_id, case.problem, case.instance.eps, case.instance.p)
+    exact = heavy_reference(case.instance).heavy() if problem is HEAVY else np.array(
+        universal_reference(case.instance).at_least(case.instance.eps))
+    assert problem.judge(loaded, exact, caps_with()).status == "pass"
+    assert problem.judge(loaded, exact[:-1], caps_with()).status == "fail"
