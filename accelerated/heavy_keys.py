@@ -629,18 +629,33 @@ def heavy_entries(q, k, *, eps: float, p: int = 2, query_block: int = QUERY_BLOC
     return HeavyEntries(pairs, alpha, _host(keys), lev.rel_error, zero_rows)
 
 
-def exact_heavy_entries_dense(q, k, *, eps: float, p: int = 2, block: int = 1024) -> np.ndarray:
-    """The n²·d baseline in float64: A = f(QKᵀ) row-normalised in row blocks, pairs with A ≥ ε."""
+def exact_heavy_entries_dense(q, k, *, eps: float, p: int = 2, tile_elements: int = 1 << 21) -> np.ndarray:
+    """The n²·d baseline in float64: A = f(QKᵀ) row-normalised in row blocks (a tile of about
+    ``tile_elements`` logits, reused in place on numpy/CuPy), pairs with A ≥ ε."""
     xp = array_namespace(q, k)
     p = _check_p(p)
+    native = native_module(q)
+    n_keys = k.shape[0]
+    rb = max(1, min(q.shape[0], tile_elements // max(1, n_keys)))
     kt = xp.permute_dims(k, (1, 0))
+    tile = xp.empty((rb, n_keys), dtype=xp.float64) if native is not None else None
     found = []
-    for i0 in range(0, q.shape[0], block):
-        s = xp.matmul(q[i0:i0 + block], kt)
-        s = s * s if p == 2 else (s * s) * (s * s)
+    for i0 in range(0, q.shape[0], rb):
+        qb = q[i0:i0 + rb]
+        if native is not None:
+            s = tile[: qb.shape[0]]
+            native.matmul(qb, kt, out=s)
+            native.multiply(s, s, out=s)
+            if p == 4:
+                native.multiply(s, s, out=s)
+        else:
+            s = xp.matmul(qb, kt)
+            s = s * s if p == 2 else (s * s) * (s * s)
         z = xp.sum(s, axis=1)
-        hit = (s >= eps * z[:, None]) & (z[:, None] > 0)
+        hit = s >= (eps * z)[:, None]
         ii, jj = xp.nonzero(hit)
+        keep = z[ii] > 0
+        ii, jj = ii[keep], jj[keep]
         if ii.shape[0]:
             found.append(np.stack([_host(ii) + i0, _host(jj)], axis=1).astype(np.int64))
     return np.concatenate(found) if found else np.zeros((0, 2), dtype=np.int64)
