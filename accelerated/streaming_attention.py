@@ -208,7 +208,7 @@ class SketchedStreaming(SufficientStatistics):
 
     ``rows``, ``log2_buckets``: Φ's shape (Ψ the same with an independent seed); declared (ε₁, δ)."""
 
-    def __init__(self, *, rows: int = 9, log2_buckets: int = 6, eps1: float = 1.0, delta: float = 0.01,
+    def __init__(self, *, rows: int = 9, log2_buckets: int = 6, eps1: float = 0.25, delta: float = 0.01,
                  decode_chunk: int = 256, **kw: Any):
         super().__init__(**kw)
         self.phi = CountSketch(rows, log2_buckets, self.dv, self.seed * 2 + 1)

@@ -40,6 +40,7 @@ BUILTIN_PROBLEM_MODULES = (
     "attnspec.conformance.judging.tensor_attention",
     "attnspec.conformance.judging.dynamic_attention",
     "attnspec.conformance.judging.heavy_keys",
+    "attnspec.conformance.judging.streaming_attention",
 )
 PROBLEM_ENTRY_POINT_GROUP = "attnspec.problems"
 
