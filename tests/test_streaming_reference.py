@@ -44,7 +44,7 @@ def test_decisions_are_certain_and_undecided_in_between():
     assert ref.check_run(y, y, idx, np.array([[2.0]]), 1, 0.5, 0.0)[0].status == ref.MET  # √2 ≤ 1.5
     wide = ref.check_run(y - 0.5, y + 0.5, idx, np.array([[3.0]]), 1, 0.0, 0.0)[0]
     assert wide.status == ref.UNDECIDED and wide.best[0] <= best <= wide.best[1]
-    checks = ref.check_run(np.hstack([y, y]), np.hstack([y, y]), np.array([[0], [0]]), np.array([[3.0], [2.0]]), 1, 0.0, 0.0)
+    checks = ref.check_run(np.hstack([y, y]), np.hstack([y, y]), np.array([[0], [0]]), np.array([[3.0], [2.0]]), 1, 0.0, 1e-12)
     assert ref.run_status(checks) == ref.VIOLATED and ref.run_status(checks[:1]) == ref.MET
 
 
