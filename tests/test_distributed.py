@@ -174,3 +174,13 @@ def test_bench_distributed_smoke(capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["identical_reports"] is True and out["run"]["cases"] > 0
     assert out["sweep"]["items"] == 40 and out["speedup"] > 0
+
+
+def test_float_diagnostics_do_not_depend_on_the_workers_blas(client, tmp_path):
+    """The conditioning numbers are float BLAS products whose last bits follow the thread count (a worker
+    runs single-threaded BLAS): this thorough case once differed in its last bit. They come from the client."""
+    selection = CaseSelection(("softmax_attention/float64/uniform/016",), (), None)
+    reports = [run_conformance("numpy", profile="thorough", problems=["softmax_attention"], report_dir=None, isolation="none",
+                               selection=selection, **judging).report for judging in ({}, {"dask_client": client})]
+    assert reports[0]["summary"]["total"] == 1
+    assert without_timings(reports[1]) == without_timings(reports[0])

@@ -259,11 +259,13 @@ class BatchedMap:
         for stamp, msg in events:
             if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
                 continue
-            for key in sorted(str(k) for k in msg.get("processing-tasks", ())):
+            lost = [(str(k), "the worker running it was removed") for k in msg.get("processing-tasks", ())]
+            lost += [(str(k), "its result was lost with its worker") for k in msg.get("lost-computed-tasks", ())]
+            for key, reason in sorted(lost):
                 if key.startswith(prefix) and (key, str(msg.get("worker"))) not in self._seen_retries:
                     self._seen_retries.add((key, str(msg.get("worker"))))
                     self.stats["retries"] += 1
-                    self.note({"event": "retry", "task": key, "reason": "the worker running it was removed",
+                    self.note({"event": "retry", "task": key, "reason": reason,
                                "worker": str(msg.get("worker")), "expected": bool(msg.get("expected"))})
 
     def ready(self) -> list[tuple[int, Any]]:
@@ -336,15 +338,33 @@ class DaskJudging:
         self.caps = caps
         self.max_prec = max_prec
         self.engine = BatchedMap(client, judge_item, describe=lambda item: item["case_id"], note=note, **options)
+        self._conditioning: dict[int, Any] = {}
 
     def submit(self, index: int, pending: Any) -> None:
+        from attnspec.conformance.harness.report import sanitize
+        from attnspec.conformance.judging.problems import get_problem
+
+        # The conditioning numbers are float diagnostics (a BLAS product of the inputs): their last bits
+        # follow the BLAS and its thread count, which differ between this process and a worker. They are
+        # computed here, as in a serial run, so the report cannot depend on where the judging ran.
+        problem = get_problem(pending.case.problem)
+        if hasattr(problem, "conditioning"):
+            self._conditioning[index] = sanitize(problem.conditioning(pending.case.instance))
         self.engine.submit(index, judge_payload(pending.case, pending.output, pending.tolerance, self.caps, max_prec=self.max_prec))
 
+    def _local_conditioning(self, done: list[tuple[int, dict[str, Any]]] | Iterator[tuple[int, dict[str, Any]]]) -> Iterator[tuple[int, dict[str, Any]]]:
+        for index, fields in done:
+            conditioning = self._conditioning.pop(index, None)
+            evidence = fields.get("evidence")
+            if conditioning is not None and isinstance(evidence, dict) and "conditioning" in evidence:
+                evidence["conditioning"] = conditioning
+            yield index, fields
+
     def ready(self) -> list[tuple[int, dict[str, Any]]]:
-        return self.engine.ready()
+        return list(self._local_conditioning(self.engine.ready()))
 
     def drain(self) -> Iterator[tuple[int, dict[str, Any]]]:
-        return self.engine.drain()
+        return self._local_conditioning(self.engine.drain())
 
 
 # --------------------------------------------------------------------------- instance generation
