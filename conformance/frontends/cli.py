@@ -26,6 +26,7 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.reductions_maxip",
     "attnspec.bench.heavy_keys",
     "attnspec.bench.distributed",
+    "attnspec.bench.streaming_attention",
 ]
 
 
