@@ -642,7 +642,7 @@ def exact_heavy_entries_dense(q, k, *, eps: float, p: int = 2, tile_elements: in
     found = []
     for i0 in range(0, q.shape[0], rb):
         qb = q[i0:i0 + rb]
-        if native is not None:
+        if native is not None and tile is not None:
             s = tile[: qb.shape[0]]
             native.matmul(qb, kt, out=s)
             native.multiply(s, s, out=s)

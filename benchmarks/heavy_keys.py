@@ -69,8 +69,8 @@ def enumeration(ns: list[int], d: int, eps: float, p: int, per_direction: int, e
             # interleaved: each dense call (its own warm-up is skipped: it is seconds long and has nothing
             # to warm) sits between fast calls, so a load change on a shared host hits both alike
             fast_t, dense_t = [], []
-            exact_pairs = None
-            for _ in range(exact_repeats):
+            exact_pairs = np.zeros((0, 2), dtype=np.int64)
+            for _ in range(max(1, exact_repeats)):
                 fast_t.append(_seconds(fast))
                 t0 = time.perf_counter()
                 exact_pairs = hk.exact_heavy_entries_dense(q, k, eps=eps, p=p)
