@@ -259,5 +259,10 @@ class StreamingBackend:
         return f"StreamingBackend({self.algorithm.__name__})"
 
 
-__all__ = ["SufficientStatistics", "TiledOnlineSoftmax", "SketchedStreaming", "CountSketch", "SeededHashes",
+# Ready-made backends: ``attnspec conform --backend attnspec.accelerated.streaming_attention:sketched``.
+sketched = StreamingBackend(SketchedStreaming)
+statistics = StreamingBackend(SufficientStatistics)
+online_softmax = StreamingBackend(TiledOnlineSoftmax)
+
+__all__ = ["sketched", "statistics", "online_softmax", "SufficientStatistics", "TiledOnlineSoftmax", "SketchedStreaming", "CountSketch", "SeededHashes",
            "StreamingBackend"]
