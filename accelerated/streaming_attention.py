@@ -51,6 +51,12 @@ class _Base:
         self.n, self.d, self.dv, self.k = int(n), int(d), int(dv), int(k)
         self.scale, self.bound, self.seed = float(scale), float(bound), int(seed)
 
+    def feed(self, chunk: Chunk) -> None:
+        raise NotImplementedError
+
+    def finish(self) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
     def state_bytes(self) -> int:
         return reachable_bytes(self)
 
@@ -102,8 +108,10 @@ class SufficientStatistics(_Base):
 
     def feed(self, chunk: Chunk) -> None:
         if chunk.kind == "kv":
+            assert chunk.k is not None and chunk.v is not None
             self.absorb_keys(chunk.k, chunk.v)
         elif chunk.kind == "q":
+            assert chunk.q is not None
             self.take_rows(chunk.start, self.rows(chunk.q))
         else:
             raise ValueError(f"{type(self).__name__} reads the kv_first order, got a {chunk.kind!r} chunk")
@@ -135,7 +143,7 @@ class TiledOnlineSoftmax(_Base):
         return Guarantee(0.0, 2 * math.sqrt(self.n) * eta, 0.0)
 
     def feed(self, chunk: Chunk) -> None:
-        if chunk.k is not None:
+        if chunk.k is not None and chunk.v is not None:
             self.keys.append(chunk.k)
             self.values.append(chunk.v)
         if chunk.q is not None:

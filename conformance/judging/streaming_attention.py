@@ -135,7 +135,8 @@ def drive_stream(backend: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, scal
             header["second_pass"] = 1.0
         if seed == 0:
             header["measured"], header["reported"] = peaks
-        idx, val = validate_columns(*out, n=n, dv=dv, k=int(sparsity))
+        raw_idx, raw_val = out
+        idx, val = validate_columns(raw_idx, raw_val, n=n, dv=dv, k=int(sparsity))
         indices.append(idx)
         values.append(val)
     header["runs"] = float(runs)
@@ -144,7 +145,7 @@ def drive_stream(backend: Any, q: np.ndarray, k: np.ndarray, v: np.ndarray, scal
         rng = np.random.default_rng(20240611)
         big = [rng.uniform(-bound, bound, size=(n_big, w)) for w in (d, d, dv)]
         sb = _structure(backend, (n_big, d, dv, int(sparsity)), scale, bound, 0)
-        _, stream, peaks = _run_once(sb, *big, order, int(chunk), measure=True)
+        _, stream, peaks = _run_once(sb, big[0], big[1], big[2], order, int(chunk), measure=True)
         header["measured_big"], header["reported_big"], header["n_big"] = peaks[0], peaks[1], n_big
         if stream.second_pass_attempted:
             header["second_pass"] = 1.0
