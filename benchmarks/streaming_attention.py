@@ -7,9 +7,10 @@ the ``kv_first`` order, entries uniform in [−1, 1], scale 1/d. Parts:
     algorithm's structure (and its own ``state_bytes()``), seconds per token; ratios to the first n. The
     tiled online-softmax baseline runs up to ``--baseline-max-n`` (its state is K and V).
 (b) **error against n** (n ≤ ``--exact-max-n``, where the exact float64 softmax columns fit): per algorithm
-    max_c ‖y_c − x̂_c‖ / Err_k(y_c) and the declared ε₂; for the planted input of the conformance suite
-    scaled up, where the columns have k heavy entries.
+    max_c ‖y_c − x̂_c‖ / Err_k(y_c) and the declared ε₂, on the same uniform input.
 (c) **dense outputs**: Err_k(y_c)/‖y_c‖ on the uniform input (near 1: a k-sparse answer says little).
+
+``--plot DIR`` writes ``streaming_state.png`` and ``streaming_time.png`` (log–log, one line per algorithm).
 """
 
 from __future__ import annotations
@@ -116,8 +117,37 @@ def run(args: Any) -> int:
         "state_and_time": state_and_time(args.n, args.d, args.dv, args.k, args.chunk, args.baseline_max_n, args.seed),
         "error_against_n": errors([n for n in args.n if n <= args.exact_max_n], args.d, args.dv, args.k, args.chunk, args.seed),
     }
+    if args.plot:
+        result["plots"] = plot(result["state_and_time"], args.plot)
     emit(result, as_json=args.json)
     return 0
+
+
+def plot(rows: dict[str, list[dict[str, Any]]], directory: str) -> list[str]:
+    """PNG plots (log–log) of persistent state and time per token against n, one line per algorithm."""
+    from pathlib import Path
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    for key, label, name in (("state_bytes", "persistent state (bytes)", "streaming_state.png"),
+                             ("us_per_token", "time per token (µs)", "streaming_time.png")):
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for algo, series in rows.items():
+            if series:
+                ax.loglog([r["n"] for r in series], [r[key] for r in series], marker="o", label=algo)
+        ax.set_xlabel("n")
+        ax.set_ylabel(label)
+        ax.legend()
+        path = str(Path(directory) / name)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        out.append(path)
+    return out
 
 
 def register(bench_subparsers) -> None:
@@ -131,6 +161,7 @@ def register(bench_subparsers) -> None:
     p.add_argument("--exact-max-n", type=int, default=2**14, help="largest n for the exact error columns")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", metavar="DIR", default=None, help="write PNG plots of state and time per token against n")
     p.set_defaults(func=run)
 
 

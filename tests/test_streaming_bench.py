@@ -8,9 +8,10 @@ import json
 from attnspec.conformance.frontends.cli import main
 
 
-def test_bench_streaming_runs_and_shows_flat_and_growing_state(capsys):
-    assert main(["bench", "streaming", "--n", "512", "2048", "--chunk", "256", "--k", "4", "--json"]) == 0
+def test_bench_streaming_runs_and_shows_flat_and_growing_state(capsys, tmp_path):
+    assert main(["bench", "streaming", "--n", "512", "2048", "--chunk", "256", "--k", "4", "--json", "--plot", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == ["streaming_state.png", "streaming_time.png"]
     st = out["state_and_time"]
     assert abs(st["sketch"][-1]["state_ratio_to_first_n"] - 1) < 0.1
     assert abs(st["statistics"][-1]["state_ratio_to_first_n"] - 1) < 0.1
