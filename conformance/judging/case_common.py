@@ -7,6 +7,7 @@ A problem module keeps what is its own: the families, the precision model it use
 
 from __future__ import annotations
 
+import copy
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -172,6 +173,9 @@ class InstanceProblem(Problem):
 
     def __init__(self) -> None:
         self.cached_enclosure = EnclosureCache(self.enclose)
+        # tolerance per instance and declared arithmetic: the applicability check and the pre-call
+        # tolerance of judge_one ask for the same array
+        self._tolerances: "weakref.WeakKeyDictionary[Any, dict[Any, tuple[np.ndarray, dict[str, Any]]]]" = weakref.WeakKeyDictionary()
 
     # --- what each instance problem defines -------------------------------------------------------
     def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Any:
@@ -245,12 +249,22 @@ class InstanceProblem(Problem):
         return reasons
 
     def tolerance_for(self, case: Any, caps: Any) -> tuple[np.ndarray, dict[str, Any]]:
-        """The tolerance ``case`` is judged by, and a description of where it came from."""
+        """The tolerance ``case`` is judged by (a read-only array), and a description of where it came
+        from. Computed once per instance and declared arithmetic (the instance is immutable)."""
         inst = case.instance
-        if caps.contract_eps is not None:
-            return contract_tolerance(caps.contract_eps, inst.output_shape), {"kind": "contract", "eps": caps.contract_eps}
-        model = caps.precision_for(case.dtype)
-        return self.precision_tolerance(inst, model), {"kind": "precision_model", "model": model.__dict__.copy()}
+        key = ("contract", float(caps.contract_eps)) if caps.contract_eps is not None else caps.precision_for(case.dtype)
+        per_instance = self._tolerances.setdefault(inst, {})
+        if key not in per_instance:
+            if caps.contract_eps is not None:
+                tol = contract_tolerance(caps.contract_eps, inst.output_shape)
+                source: dict[str, Any] = {"kind": "contract", "eps": caps.contract_eps}
+            else:
+                tol = self.precision_tolerance(inst, key)
+                source = {"kind": "precision_model", "model": key.__dict__.copy()}
+            tol.flags.writeable = False
+            per_instance[key] = (tol, source)
+        tol, source = per_instance[key]
+        return tol, copy.deepcopy(source)
 
     def request(self, case: Any) -> tuple[str, str, tuple, dict]:
         args, kwargs = self.call_args(case)
