@@ -123,3 +123,56 @@ def column_norms(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 __all__ = ["certified_columns", "best_k_sparse_error_sq", "error_sq", "check_run", "run_status", "column_norms",
            "ColumnCheck", "VIOLATED", "MET", "UNDECIDED"]
+
+
+# --- Certified rows at large n -----------------------------------------------------------------------
+# The full enclosure is n²; a check of chosen output rows needs only O(|rows|·n·d) Arb work.
+
+def certified_rows(q_rows: np.ndarray, k: np.ndarray, v: np.ndarray, scale: float, prec: int = 128,
+                   block: int = 2):
+    """Arb enclosure of the output rows T_{i,:} = Σ_j e^{ℓ_ij} v_j / Σ_j e^{ℓ_ij} for the given query rows.
+
+    The same mathematics as :func:`attnspec.reference.softmax_attention.enclose`, one row at a time:
+    ℓ_ij = s·⟨q_i, k_j⟩ − m_i with the float inputs and the (float, hence dyadic) scale taken exactly,
+    computed as one ball product [s·q_i | −m_i]·[K | 1]ᵀ at ``prec`` + b bits (every |logit| < 2^b); the
+    shift m_i is the float64 row maximum (any exact number: it cancels in the quotient). Then per entry
+    exp in balls, and the numerator and the denominator together as the ball product e_i·[V | 1].
+    ``block`` rows are done at a time, so memory is O(block·n) balls. Returns an Enclosure of shape
+    (|rows|, d_v) whose balls contain the exact rows.
+    """
+    from flint import arb, arb_mat
+
+    from attnspec.reference.enclosure import Enclosure, working_precision
+    from attnspec.reference.softmax_attention import HUGE_LOGIT_BITS, logit_bits
+
+    q_rows, k, v = (np.asarray(x, dtype=np.float64) for x in (q_rows, k, v))
+    n, dv = v.shape
+    bits = logit_bits(scale, [q_rows, k], k.shape[1])
+    if bits > HUGE_LOGIT_BITS:
+        raise ValueError("logits beyond 2^40: bounded entries are assumed (use the full enclosure)")
+    shifts = (float(scale) * (q_rows @ k.T)).max(axis=1)
+    balls: list = []
+    with working_precision(prec + bits):
+        keys = arb_mat(k.T.tolist() + [[1.0] * n])
+        values1 = arb_mat(np.hstack([v, np.ones((n, 1))]).tolist())
+        s = arb(float(scale))
+        exp = arb.exp
+        for a in range(0, q_rows.shape[0], block):
+            rows = q_rows[a:a + block]
+            left = arb_mat([[s * arb(x) for x in row] + [arb(-float(m))] for row, m in zip(rows.tolist(), shifts[a:a + block])])
+            logits = (left * keys).entries()
+            for r in range(rows.shape[0]):
+                weights = arb_mat([list(map(exp, logits[r * n:(r + 1) * n]))])
+                sums = (weights * values1).entries()
+                balls.extend(x / sums[dv] for x in sums[:dv])
+    return Enclosure(balls=balls, shape=(q_rows.shape[0], dv), prec=prec)
+
+
+def sub_enclosure(enc, picks: list[tuple[int, int]], shape: tuple[int, ...]):
+    """The Enclosure of chosen entries (row, column) of ``enc``, reshaped to ``shape``."""
+    from attnspec.reference.enclosure import Enclosure
+
+    return Enclosure(balls=[enc.ball(p) for p in picks], shape=shape, prec=enc.prec, engine=enc.engine)
+
+
+__all__ += ["certified_rows", "sub_enclosure"]
