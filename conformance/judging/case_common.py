@@ -229,13 +229,7 @@ class InstanceProblem(Problem):
 
     def not_applicable_reasons(self, case: Any, caps: Any) -> list[str]:
         inst = case.instance
-        reasons = []
-        if self.name not in caps.problems:
-            reasons.append(f"backend does not declare {self.name}")
-        if case.dtype not in caps.dtypes:
-            reasons.append(f"dtype {case.dtype} not declared (declared: {', '.join(sorted(caps.dtypes))})")
-        if caps.max_n is not None and inst.n > caps.max_n:
-            reasons.append(f"n = {inst.n} exceeds declared max_n = {caps.max_n}")
+        reasons = self.declaration_reasons(caps, dtype=case.dtype, n=inst.n)
         reasons += outside_declared_limits(caps, d=inst.d, max_entry=max(max_abs_exact(x) for x in self.inputs(inst)),
                                            scale=inst.scale, order=self.order(inst))
         if caps.contract_eps is None and case.dtype in caps.dtypes:

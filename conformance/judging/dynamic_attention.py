@@ -509,15 +509,8 @@ class DynamicAttention(Problem):
         return cases
 
     def not_applicable_reasons(self, case: Case, caps: Any) -> list[str]:
-        reasons = []
-        if PROBLEM not in caps.problems:
-            reasons.append(f"backend does not declare {PROBLEM}")
-        if "float64" not in caps.dtypes:
-            reasons.append("dynamic traces are float64; the backend does not declare float64")
-        n = np.asarray(case.instance.ops[0].k).shape[0]
-        if caps.max_n is not None and n > caps.max_n:
-            reasons.append(f"n = {n} exceeds the declared max_n = {caps.max_n}")
-        return reasons
+        n = int(np.asarray(case.instance.ops[0].k).shape[0])
+        return self.declaration_reasons(caps, dtype=case.dtype, n=n, only_dtype="float64")
 
     def request(self, case: Case) -> tuple[str, str, tuple, dict]:
         arrays = self.instance_arrays(case.instance)

@@ -300,16 +300,7 @@ class _HeavyKeysProblem(Problem):
 
     def not_applicable_reasons(self, case: Any, caps: Any) -> list[str]:
         inst = case.instance
-        reasons = []
-        if self.name not in caps.problems:
-            reasons.append(f"backend does not declare {self.name}")
-        if case.dtype not in caps.dtypes:
-            reasons.append(f"dtype {case.dtype} not declared (declared: {', '.join(sorted(caps.dtypes))})")
-        if caps.max_n is not None and max(inst.n, getattr(inst, "m", 0)) > caps.max_n:
-            reasons.append(f"n = {max(inst.n, getattr(inst, 'm', 0))} exceeds declared max_n = {caps.max_n}")
-        if caps.max_d is not None and inst.d > caps.max_d:
-            reasons.append(f"d = {inst.d} exceeds declared max_d = {caps.max_d}")
-        return reasons
+        return self.declaration_reasons(caps, dtype=case.dtype, n=max(inst.n, getattr(inst, "m", 0)), d=inst.d)
 
     def instance_params(self, inst: Any) -> dict[str, Any]:
         return {"eps": str(inst.eps), "p": int(inst.p)}

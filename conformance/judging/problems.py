@@ -99,6 +99,23 @@ class Problem(ABC):
         """Worker side of a ``"drive"`` request (only stateful problems implement it)."""
         raise TypeError(f"problem {self.name!r} is run by calling backend.{self.method}, not driven")
 
+    def declaration_reasons(self, caps: Any, *, dtype: str, n: int | None = None, d: int | None = None,
+                            only_dtype: str | None = None) -> list[str]:
+        """The reasons every problem shares: the problem, the dtype (``only_dtype``: the problem's cases
+        all have that dtype), ``max_n`` and ``max_d`` (``n``/``d`` of the case, when it has them)."""
+        reasons = []
+        if self.name not in caps.problems:
+            reasons.append(f"backend does not declare {self.name}")
+        if only_dtype is not None and only_dtype not in caps.dtypes:
+            reasons.append(f"{self.name} cases are {only_dtype}; the backend does not declare {only_dtype}")
+        elif only_dtype is None and dtype not in caps.dtypes:
+            reasons.append(f"dtype {dtype} not declared (declared: {', '.join(sorted(caps.dtypes))})")
+        if n is not None and caps.max_n is not None and n > caps.max_n:
+            reasons.append(f"n = {n} exceeds declared max_n = {caps.max_n}")
+        if d is not None and caps.max_d is not None and d > caps.max_d:
+            reasons.append(f"d = {d} exceeds declared max_d = {caps.max_d}")
+        return reasons
+
     def applicable(self, case: Any, caps: Any) -> str | None:
         """All reasons joined (``None`` when applicable)."""
         reasons = self.not_applicable_reasons(case, caps)

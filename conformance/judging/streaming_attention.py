@@ -183,16 +183,10 @@ class StreamingAttention(Problem):
         return cases
 
     def not_applicable_reasons(self, case: Case, caps: Any) -> list[str]:
-        reasons = []
-        if PROBLEM not in caps.problems:
-            reasons.append(f"backend does not declare {PROBLEM}")
-        if "float64" not in caps.dtypes:
-            reasons.append("streaming instances are float64; the backend does not declare float64")
         inst = case.instance
+        reasons = self.declaration_reasons(caps, dtype=case.dtype, d=inst.d, only_dtype="float64")
         if caps.max_n is not None and inst.n * BIG_FACTOR > caps.max_n:
             reasons.append(f"the space check needs n = {inst.n * BIG_FACTOR} > declared max_n = {caps.max_n}")
-        if caps.max_d is not None and inst.d > caps.max_d:
-            reasons.append(f"d = {inst.d} exceeds declared max_d = {caps.max_d}")
         return reasons
 
     def request(self, case: Case) -> tuple[str, str, tuple, dict]:
