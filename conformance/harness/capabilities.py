@@ -55,7 +55,7 @@ class Capabilities:
     bound: float | None = None
     max_logit_radius: float | None = None
     deterministic: bool = False
-    heavy_slack: float = 0.0
+    heavy_slack: float | Fraction = 0.0  # an int or Fraction stays exact
 
     def precision_for(self, dtype: str) -> PrecisionModel:
         return self.precision.get(dtype, PrecisionModel(fmt=dtype))
@@ -174,7 +174,7 @@ def validate_capabilities(declared: Mapping[str, Any], *, default_problems: set[
         raise CapabilityError(f"capability 'deterministic' must be True or False, got {_show(deterministic)}")
     caps.deterministic = deterministic
     slack = declared.get("heavy_slack", 0.0)
-    if isinstance(slack, bool) or not isinstance(slack, numbers.Real) or not (math.isfinite(float(slack)) and slack >= 0):
+    if isinstance(slack, bool) or not isinstance(slack, numbers.Real) or not (math.isfinite(float(slack)) and float(slack) >= 0):
         raise CapabilityError(f"capability 'heavy_slack' must be a finite number >= 0, got {_show(slack)}")
     caps.heavy_slack = slack if isinstance(slack, (int, Fraction)) else float(slack)
     precision = declared.get("precision")
