@@ -234,3 +234,15 @@ def group_is_gone(pgid: int, within: float = 10.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+class EnvironmentProbe:
+    """Answers with the length of ``$ATTNSPEC_ENV_PROBE`` in every entry (to see the worker's
+    environment); crashes on :data:`CRASH_SCALE` (to force a restart)."""
+
+    capabilities = {"problems": {"softmax_attention"}, "dtypes": {"float64"}}
+
+    def attention(self, q, k, v, *, scale):
+        if scale == CRASH_SCALE:
+            os._exit(3)
+        return np.full((q.shape[0], v.shape[1]), float(len(os.environ.get("ATTNSPEC_ENV_PROBE", ""))))

@@ -136,9 +136,14 @@ def _cluster_client(workers: int | None, scheduler: str | None, quiet: bool) -> 
     else:
         if workers is None or workers < 1:
             raise ValueError(f"workers must be a positive integer, got {workers!r}")
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                               silence_logs=logging.ERROR)
-        client = Client(cluster)
+        saved = dict(os.environ)  # LocalCluster sets OPENBLAS_NUM_THREADS=1, PYTHONHASHSEED, … in this process
+        try:
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                                   silence_logs=logging.ERROR)
+            client = Client(cluster)
+        finally:  # a backend worker started after this must see the user's environment, not Dask's
+            os.environ.clear()
+            os.environ.update(saved)
     try:
         if not quiet:
             link = dashboard_link(client)

@@ -189,6 +189,20 @@ def _install_handlers() -> None:
 # --------------------------------------------------------------------------- the runners
 
 
+@contextlib.contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """``os.environ`` set to exactly ``values`` inside the block (a spawned child inherits it), restored
+    after."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 _R = TypeVar("_R", bound="Runner")
 
 
@@ -245,6 +259,10 @@ class ProcessRunner(Runner):
         self.environment: dict[str, Any] = {}  # the versions the worker saw (torch, cupy, ...)
         self.load_error: str | None = None
         self.load_captured = ""
+        # Every incarnation of the worker (a restart after a crash too) starts from the environment the
+        # runner was made in: libraries that change os.environ later (Dask sets OPENBLAS_NUM_THREADS=1
+        # when it starts a local cluster) must not change the backend's arithmetic in mid-run.
+        self._environ = dict(os.environ)
         _install_handlers()
         self._start()
 
@@ -256,7 +274,8 @@ class ProcessRunner(Runner):
         parent, child = self._ctx.Pipe()
         self._proc = self._ctx.Process(target=worker_main, args=(child, self.spec, os.getpid(), self.memory_limit_bytes, path), daemon=True)
         try:
-            self._proc.start()
+            with environment(self._environ):
+                self._proc.start()
         finally:
             child.close()
         _LIVE.add(self)
