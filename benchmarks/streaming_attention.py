@@ -165,7 +165,7 @@ def certified_rows_check(n: int, d: int, dv: int, k: int, chunk: int, seed: int,
 
 
 def run(args: Any) -> int:
-    result = {
+    result: dict[str, Any] = {
         "setup": {"d": args.d, "dv": args.dv, "k": args.k, "chunk": args.chunk, "order": "kv_first",
                   "entries": "uniform [-1, 1]", "scale": "1/d", "sketch": "rows 9 × 64 buckets × dv, Φ and Ψ"},
         "state_and_time": state_and_time(args.n, args.d, args.dv, args.k, args.chunk, args.baseline_max_n, args.seed),
