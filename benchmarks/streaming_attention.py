@@ -181,13 +181,17 @@ def run(args: Any) -> int:
 
 
 def plot(rows: dict[str, list[dict[str, Any]]], directory: str) -> list[str]:
-    """PNG plots (log–log) of persistent state and time per token against n, one line per algorithm."""
+    """PNG plots (log–log) of persistent state and time per token against n, one line per algorithm (none
+    without matplotlib, the optional ``plot`` extra)."""
     from pathlib import Path
 
-    import matplotlib
+    try:
+        import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
 
     out = []
     Path(directory).mkdir(parents=True, exist_ok=True)
