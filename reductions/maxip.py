@@ -28,7 +28,6 @@ Families (each with its answer known by construction, and checked by brute force
 
 from __future__ import annotations
 
-import math
 import string
 from dataclasses import dataclass
 from typing import Any, Sequence

@@ -38,7 +38,8 @@ from typing import Any
 import mpmath
 import numpy as np
 
-from attnspec.reductions.base import ReductionError, SourceAnswer
+from attnspec.conformance.judging.problems import get_problem
+from attnspec.reductions.base import Built, Reduction, ReductionError, SourceAnswer
 from attnspec.reductions.maxip import MaxIPInstance, inner_products, tuple_inner_product
 
 DUMMIES = ("tuned", "zero", "max")
@@ -291,3 +292,18 @@ def applicability(problem_name: str, inst: Any, caps: Any) -> str | None:
     if caps.max_d is not None and inst.d > caps.max_d:
         reasons.append(f"d = {inst.d} exceeds declared max_d = {caps.max_d}")
     return "; ".join(reasons) or None
+
+
+class GadgetReduction(Reduction):
+    """A reduction whose target is one gadget instance (``built.cases[0]``) with its margin in the
+    decoder: the margin, the refusal and the applicability are the gadget's."""
+
+    def required_accuracy(self, built: Built) -> float:
+        return float(built.decoder["required_accuracy"])
+
+    def refusal(self, built: Built, caps: Any) -> str | None:
+        return refusal(get_problem(self.target_problem), built.cases[0].instance, caps, self.required_accuracy(built),
+                       built.meta)
+
+    def applicability(self, built: Built, caps: Any) -> str | None:
+        return applicability(self.target_problem, built.cases[0].instance, caps)

@@ -16,17 +16,16 @@ from typing import Any
 
 import numpy as np
 
-from attnspec.conformance.judging.problems import get_problem
 from attnspec.conformance.judging.softmax_attention import Case
 from attnspec.reductions import maxip, maxip_gadget as gadget
-from attnspec.reductions.base import Built, Reduction, SourceAnswer
+from attnspec.reductions.base import Built, SourceAnswer
 from attnspec.reductions.registry import register
 from attnspec.spec.softmax_attention import PROBLEM, make_instance
 
 SOURCE_KEYS = ("d", "w", "tau_hi", "tau_lo", "gap")
 
 
-class MaxIPToSoftmaxAttention(Reduction):
+class MaxIPToSoftmaxAttention(gadget.GadgetReduction):
     """Gap-MaxIP (k = 2) → softmax attention ``attention(q, k, v, *, scale)``."""
 
     name = "maxip_to_softmax"
@@ -48,16 +47,6 @@ class MaxIPToSoftmaxAttention(Reduction):
 
     def decode(self, built: Built, answers: list[np.ndarray]) -> SourceAnswer:
         return gadget.decode_gadget(built.source, built.decoder, answers[0])
-
-    def required_accuracy(self, built: Built) -> float:
-        return float(built.decoder["required_accuracy"])
-
-    def refusal(self, built: Built, caps: Any) -> str | None:
-        return gadget.refusal(get_problem(self.target_problem), built.cases[0].instance, caps,
-                              self.required_accuracy(built), built.meta)
-
-    def applicability(self, built: Built, caps: Any) -> str | None:
-        return gadget.applicability(self.target_problem, built.cases[0].instance, caps)
 
     def agrees(self, source: Any, decoded: SourceAnswer, truth: SourceAnswer) -> bool:
         return gadget.agrees(source, decoded, truth)

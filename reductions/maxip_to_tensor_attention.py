@@ -16,7 +16,7 @@ import numpy as np
 
 from attnspec.conformance.judging.tensor_attention import Case
 from attnspec.reductions import maxip, maxip_gadget as gadget
-from attnspec.reductions.base import Built, SourceAnswer
+from attnspec.reductions.base import Built
 from attnspec.reductions.maxip_to_softmax_attention import MaxIPToSoftmaxAttention
 from attnspec.reductions.registry import register
 from attnspec.spec.tensor_attention import PROBLEM, make_instance

@@ -28,10 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from attnspec.conformance.judging.problems import get_problem
-from attnspec.reductions import cnf as cnfmod, maxip, maxip_gadget as gadget
+from attnspec.reductions import cnf as cnfmod, maxip_gadget as gadget
 from attnspec.reductions.base import Built, Reduction, SourceAnswer
 from attnspec.reductions.cnf import CNF
+from attnspec.reductions.maxip import MaxIPInstance
 from attnspec.reductions.maxip_to_softmax_attention import MAXIP_TO_SOFTMAX
 from attnspec.reductions.maxip_to_tensor_attention import MAXIP_TO_TENSOR
 from attnspec.reductions.ov_to_maxip import block_width, maxip_parameters, ov_to_maxip
@@ -60,7 +60,7 @@ class Chain:
 
     cnf: CNF
     ov: OVInstance
-    maxip: maxip.MaxIPInstance
+    maxip: MaxIPInstance
 
 
 @dataclass
@@ -116,7 +116,7 @@ def _options(params: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
     return gadget.build_options(build), limit
 
 
-class SatToSoftmaxAttention(Reduction):
+class SatToSoftmaxAttention(gadget.GadgetReduction):
     """CNF-SAT → 2-OV → Gap-MaxIP → softmax attention (the ``maxip_to_softmax`` gadget)."""
 
     name = "sat_to_softmax"
@@ -158,16 +158,6 @@ class SatToSoftmaxAttention(Reduction):
         cert.update(ov_tuple=[int(x) for x in witness], assignment_checked=falsified is None,
                     falsified_clause=falsified)
         return SourceAnswer(True, values, cert)
-
-    def required_accuracy(self, built: Built) -> float:
-        return float(built.decoder["required_accuracy"])
-
-    def refusal(self, built: Built, caps: Any) -> str | None:
-        return gadget.refusal(get_problem(self.target_problem), built.cases[0].instance, caps,
-                              self.required_accuracy(built), built.meta)
-
-    def applicability(self, built: Built, caps: Any) -> str | None:
-        return gadget.applicability(self.target_problem, built.cases[0].instance, caps)
 
     def brute_force(self, source: CNF) -> SourceAnswer:
         """Every assignment evaluated (:func:`attnspec.reductions.cnf.brute_force`, not the chain)."""
