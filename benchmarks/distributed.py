@@ -21,9 +21,6 @@ from typing import Any
 
 from attnspec.bench.timing import emit, machine_description
 
-TIMINGS = ("backend_seconds", "judge_seconds")
-
-
 def _run(args: Any, **judging: Any) -> tuple[float, dict[str, Any]]:
     from attnspec.conformance.harness.runner import run_conformance
     from attnspec.conformance.harness.selection import CaseSelection
@@ -35,7 +32,9 @@ def _run(args: Any, **judging: Any) -> tuple[float, dict[str, Any]]:
 
 
 def _verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
-    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in report["cases"]]
+    from attnspec.conformance.harness.report import records_without_timings
+
+    return records_without_timings(report["cases"])
 
 
 def sweep_overhead(client: Any, workers: int, count: int, item_seconds: float, *, batched: bool = True) -> dict[str, Any]:

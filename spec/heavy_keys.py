@@ -88,13 +88,10 @@ def size_bound(psi: Fraction | int, eps: Fraction, slack: Fraction | float = 0) 
     return (1 + Fraction(slack)) * Fraction(psi) / eps
 
 
-@dataclass(frozen=True, eq=False)
-class UniversalSetInstance:
-    """A validated universal-set instance: keys K (n×d), threshold ε ∈ (0, 1], power p ∈ {2, 4}."""
+class _Keys:
+    """n and d of an instance holding keys ``k`` (n×d)."""
 
     k: np.ndarray
-    eps: Fraction
-    p: int
 
     @property
     def n(self) -> int:
@@ -104,13 +101,22 @@ class UniversalSetInstance:
     def d(self) -> int:
         return int(self.k.shape[1])
 
+
+@dataclass(frozen=True, eq=False)
+class UniversalSetInstance(_Keys):
+    """A validated universal-set instance: keys K (n×d), threshold ε ∈ (0, 1], power p ∈ {2, 4}."""
+
+    k: np.ndarray
+    eps: Fraction
+    p: int
+
     @property
     def lift_dim(self) -> int:
         return lift_dimension(self.d, self.p)
 
 
 @dataclass(frozen=True, eq=False)
-class HeavyEntriesInstance:
+class HeavyEntriesInstance(_Keys):
     """A validated heavy-entries instance: queries Q (m×d), keys K (n×d), ε ∈ (0, 1], p ∈ {2, 4}."""
 
     q: np.ndarray
@@ -121,14 +127,6 @@ class HeavyEntriesInstance:
     @property
     def m(self) -> int:
         return int(self.q.shape[0])
-
-    @property
-    def n(self) -> int:
-        return int(self.k.shape[0])
-
-    @property
-    def d(self) -> int:
-        return int(self.k.shape[1])
 
     def keys(self) -> UniversalSetInstance:
         """The universal-set instance of the same K, ε and p."""

@@ -18,13 +18,12 @@ from attnspec.conformance.frontends.cli import main  # noqa: E402
 from attnspec.conformance.harness.distributed import (BatchedMap, judge_item, judge_payload,  # noqa: E402
                                                       map_ordered, synthetic_item)
 from attnspec.conformance.harness.isolation import InProcessRunner  # noqa: E402
-from attnspec.conformance.harness.report import read_journal  # noqa: E402
+from attnspec.conformance.harness.report import read_journal, records_without_timings  # noqa: E402
 from attnspec.conformance.harness.runner import call_backend, judge_output, run_conformance  # noqa: E402
 from attnspec.conformance.harness.selection import CaseSelection  # noqa: E402
 from attnspec.conformance.judging.problems import get_problem  # noqa: E402
 from helper_backends import SPEC_PREFIX  # noqa: E402
 
-TIMINGS = ("backend_seconds", "judge_seconds")
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +37,7 @@ def client():
 
 def without_timings(report: dict) -> dict:
     """The report less what may differ between two runs of one command: timings and the clock."""
-    cases = [{k: v for k, v in r.items() if k not in TIMINGS} for r in report["cases"]]
+    cases = records_without_timings(report["cases"])
     return {"cases": cases, "summary": report["summary"], "rollup": report["rollup"],
             "not_applicable_reasons": report["not_applicable_reasons"], "backend": report["backend"],
             "dtypes": report.get("dtypes"), "problems": report.get("problems")}

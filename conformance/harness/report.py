@@ -44,6 +44,15 @@ class ReportError(RuntimeError):
     """The report directory cannot be used (not a directory, not writable, …)."""
 
 
+TIMING_FIELDS = ("backend_seconds", "judge_seconds")  # what two runs of one command may differ in, per case
+
+
+def records_without_timings(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The case records less their timings: equal for two runs of one command (serial, on any number of
+    workers, in any completion order)."""
+    return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in records]
+
+
 def sanitize(obj: Any) -> Any:
     """JSON-safe copy: non-finite floats become strings, numpy scalars plain numbers, sets lists."""
     if isinstance(obj, dict):

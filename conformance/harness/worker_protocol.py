@@ -180,6 +180,17 @@ def decode_payload(data: bytes, *, max_array_bytes: int | None = None) -> Any:
     return _graft(tree, arrays)
 
 
+def _recv_at_most(conn: Any, limit: int, too_long: str) -> bytes:
+    """One message of at most ``limit`` bytes (a longer one is a :class:`PayloadError` saying ``too_long``;
+    the connection refuses it before reading it)."""
+    try:
+        return conn.recv_bytes(limit)
+    except OSError as exc:
+        if "bad message length" in str(exc):
+            raise PayloadError(too_long) from None
+        raise
+
+
 def recv_payload(conn: Any, *, header_limit: int, max_array_bytes: int | None, wait: Any = None,
                  writeable: bool = False) -> Any:
     """Receive what :func:`send_payload` sent, refusing a header over ``header_limit`` bytes or arrays
@@ -187,12 +198,7 @@ def recv_payload(conn: Any, *, header_limit: int, max_array_bytes: int | None, w
     the header and must return False if the sender is too late (then ``TimeoutError``).
 
     Arrays are read-only views of the received bytes unless ``writeable`` (then copies)."""
-    try:
-        header = conn.recv_bytes(header_limit)
-    except OSError as exc:
-        if "bad message length" in str(exc):
-            raise PayloadError(f"payload header larger than {header_limit} bytes") from None
-        raise
+    header = _recv_at_most(conn, header_limit, f"payload header larger than {header_limit} bytes")
     tree, specs = parse_header(header)
     total = sum(array_nbytes(dt, sh) for dt, sh, _ in specs)
     if max_array_bytes is not None and total > max_array_bytes:
@@ -202,12 +208,7 @@ def recv_payload(conn: Any, *, header_limit: int, max_array_bytes: int | None, w
         n = array_nbytes(dtype, shape)
         if wait is not None and not wait():
             raise TimeoutError("the rest of the payload did not arrive in time")
-        try:
-            data = conn.recv_bytes(n)
-        except OSError as exc:
-            if "bad message length" in str(exc):
-                raise PayloadError(f"array message larger than the {n} bytes its header describes") from None
-            raise
+        data = _recv_at_most(conn, n, f"array message larger than the {n} bytes its header describes")
         if len(data) != n:
             raise PayloadError(f"array message has {len(data)} bytes, its header describes {n}")
         arrays.append(_array_from(data, dtype, shape, order, writeable))
