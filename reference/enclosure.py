@@ -1,5 +1,13 @@
 """Certified enclosures: arrays of Arb balls that provably contain the true values.
 
+Two kinds of enclosure share one interface (``shape``, ``prec``, ``engine``, ``float_bounds``, ``ball``,
+``mid``, ``rad``, ``max_relative_radius``), which is all the verdict engine reads:
+
+- :class:`Enclosure` (Arb): one ball per entry, any precision, slow in Python for large outputs;
+- :class:`BoundsEnclosure` (fast engines): certified float64 arrays ``lo ≤ x ≤ hi``, produced by
+  vectorised outward-bounded float64 arithmetic on numpy or CuPy (``reference/fast_*``). Entries it
+  cannot bound (``−inf``/``+inf``) are left to Arb by the verdict engine.
+
 An :class:`Enclosure` holds one :class:`flint.arb` ball per output entry (row-major) and the working
 precision that produced it. For fast vectorised verdicts it also offers outward-rounded float64 bounds
 ``lo ≤ true value ≤ hi``; entries those bounds cannot decide are judged exactly from the balls
@@ -10,6 +18,7 @@ This module also converts exact inputs to Arb/FLINT objects without any rounding
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -189,3 +198,73 @@ class Enclosure:
             if ahi < blo or bhi < alo:
                 return False
         return True
+
+
+@dataclass
+class BoundsEnclosure:
+    """Certified float64 bounds ``lo[i] ≤ x[i] ≤ hi[i]`` for every entry of the true output.
+
+    ``engine`` names what produced the bounds and ``assumptions`` lists what the certificate rests on
+    beyond IEEE-754 binary64 round-to-nearest (empty when nothing else); both go into the evidence.
+    An entry with ``lo = −inf`` or ``hi = +inf`` (or NaN) is *unbounded*: it decides nothing and the
+    verdict engine refines it with Arb. ``prec`` is 53, the precision of the bounds' arithmetic.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    engine: str = "fast-float64"
+    assumptions: tuple[str, ...] = ()
+    prec: int = 53
+
+    def __post_init__(self) -> None:
+        lo = np.array(self.lo, dtype=np.float64)  # host copies: the bounds never alias a caller's array
+        hi = np.array(self.hi, dtype=np.float64)
+        if lo.shape != hi.shape:
+            raise ValueError(f"lo has shape {lo.shape}, hi {hi.shape}")
+        bad = np.isnan(lo) | np.isnan(hi) | (lo > hi)
+        lo[bad], hi[bad] = -np.inf, np.inf  # an inconsistent bound is no bound
+        lo.flags.writeable = False
+        hi.flags.writeable = False
+        self.lo, self.hi = lo, hi
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.lo.shape)
+
+    def float_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.lo, self.hi
+
+    def bounded(self) -> np.ndarray:
+        """Boolean array: True where the entry has finite bounds."""
+        return np.isfinite(self.lo) & np.isfinite(self.hi)
+
+    def ball(self, index: Sequence[int]) -> arb:
+        """The exact ball [lo, hi] of one entry (midpoint and radius exact at 1100 bits), or a
+        non-finite ball when the entry is unbounded."""
+        idx = tuple(int(i) for i in index)
+        lo, hi = float(self.lo[idx]), float(self.hi[idx])
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return arb(0, math.inf)
+        with working_precision(1100):  # two float64s: their sum and half-difference are exact here
+            a, b = arb(lo), arb(hi)
+            return arb((a + b) / 2, (b - a) / 2)
+
+    def mid(self) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.lo / 2 + self.hi / 2
+
+    def rad(self) -> np.ndarray:
+        with np.errstate(over="ignore", invalid="ignore"):
+            return self.hi / 2 - self.lo / 2
+
+    def max_relative_radius(self) -> float:
+        m, r = np.abs(self.mid()), self.rad()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rel = np.where(r == 0, 0.0, r / m)
+        if not rel.size:
+            return 0.0
+        return float("inf") if np.isnan(rel).any() else float(rel.max())
+
+    def contains_floats(self, values: np.ndarray) -> bool:
+        vals = np.asarray(values, dtype=np.float64).reshape(self.shape)
+        return bool(np.all((self.lo <= vals) & (vals <= self.hi)))
