@@ -134,16 +134,18 @@ def _blocks(total: int, size: int) -> Iterator[tuple[int, int]]:
 def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *, key_bounds: dict[str, Any],
                  scale_lo: float, scale_hi: float, logit_offset: Callable | None = None, xp: ModuleType = np,
                  row_block: int = ROW_BLOCK, key_block: int = KEY_BLOCK, trust_libm_exp: bool = False,
-                 extra_logit_err: Any = None, value_rel_err: float = 0.0) -> tuple[Any, Any]:
+                 extra_logit_err: Any = None, value_rel_err: float = 0.0,
+                 value_abs_err: float = 0.0) -> tuple[Any, Any]:
     """The blocked engine shared by softmax and tensor attention (see the module docstring).
 
     ``key_blocks(c0, c1)`` returns (k_aug, v_aug) for keys [c0, c1): k_aug = [k | 1] ((c1−c0)×(d+1)) and
     v_aug = [v | |v| | 1] ((c1−c0)×(2dv+1)), float64 on ``xp``. ``key_bounds``: floats ``l2max`` ≥
     max_j‖k_j‖₂, ``l1max`` ≥ max_j‖k_j‖₁, array ``colmax`` ≥ max_j|k_jt|, arrays ``vmin``/``vmax`` (per
     column, exact) and ``vabsmax``. ``extra_logit_err`` (per row, optional) is added to r_i: the tensor
-    engine's rounding of key tuples. ``value_rel_err`` ν: the exact values satisfy |v − ṽ| ≤ ν|ṽ| for the
-    v_aug given (tensor value tuples); it adds ν(1+ρ)·A/D_lo to the error (derived here:
-    Σ w|v − ṽ| ≤ ν Σ w|ṽ| ≤ ν(1+ρ)(A + nτ‖ṽ‖∞/(1+ρ))).
+    engine's rounding of key tuples. ``value_rel_err`` ν, ``value_abs_err`` e_v: the exact values satisfy
+    |v − ṽ| ≤ ν|ṽ| + e_v for the ṽ in v_aug (tensor value tuples); derived here: Σ_j w_j|v_j − ṽ_j| ≤
+    ν((1+ρ)A + nτ‖ṽ‖∞) + e_v((1+ρ)D + nτ) joins the numerator of the error. ``key_bounds`` vmin/vmax
+    must then bound the *exact* values.
     Returns (lo, hi) of shape (m, dv) on ``xp``.
     """
     m = q.shape[0]
@@ -221,9 +223,12 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
         e = ff.add_up(xp, e, ff.mul_up(xp, den, ff.add_up(xp, ff.mul_up(xp, 2 * u, oa), eta)))
         e = ff.add_up(xp, e, ff.mul_up(xp, rho, ff.add_up(xp, a_up, ff.mul_up(xp, oa, d_up))))
         e = ff.add_up(xp, e, ff.mul_up(xp, ntau, ff.add_up(xp, key_bounds["vabsmax"][None, :], oa)))
-        if value_rel_err:
-            e = ff.add_up(xp, e, ff.mul_up(xp, ff.mul_up(xp, value_rel_err, ff.add_up(xp, 1.0, rho)),
-                                           ff.add_up(xp, a_up, ntau * 0 + ff.mul_up(xp, ntau, key_bounds["vabsmax"][None, :]))))
+        if value_rel_err or value_abs_err:
+            # exact values v = ṽ + e with |e| ≤ ν|ṽ| + e_v: Σ w|e| ≤ ν((1+ρ)A + nτ‖ṽ‖∞) + e_v((1+ρ)D + nτ)
+            one_rho = ff.add_up(xp, 1.0, rho)
+            ev = ff.mul_up(xp, value_rel_err, ff.add_up(xp, ff.mul_up(xp, one_rho, a_up), ff.mul_up(xp, ntau, key_bounds["vabsmax"][None, :])))
+            ev = ff.add_up(xp, ev, ff.mul_up(xp, value_abs_err, ff.add_up(xp, ff.mul_up(xp, one_rho, d_up), ntau)))
+            e = ff.add_up(xp, e, ev)
         sub = ff.add_up(xp, ff.add_up(xp, beta, ff.mul_up(xp, rho, den)), ntau)
         d_lo = ff.sub_down(xp, den, sub)
         err = ff.div_up(xp, e, d_lo)

@@ -27,10 +27,11 @@ from attnspec.reference.enclosure import Enclosure, arb_matrix, default_threads,
 DEFAULT_PREC = 128
 
 
-def row_shifts(inst: SoftmaxAttentionInstance) -> np.ndarray:
+def row_shifts(inst: SoftmaxAttentionInstance, rows: np.ndarray | None = None) -> np.ndarray:
     """Float64 approximations of each row's maximum logit (any finite value is a valid shift)."""
+    q = inst.q if rows is None else inst.q[rows]
     with np.errstate(over="ignore", invalid="ignore"):  # non-finite rows fall back to the shift 0
-        logits = float(inst.scale) * (to_float64(inst.q) @ to_float64(inst.k).T)
+        logits = float(inst.scale) * (to_float64(q) @ to_float64(inst.k).T)
     m = logits.max(axis=1)
     return np.where(np.isfinite(m), m, 0.0)
 
@@ -49,8 +50,11 @@ def logit_bits(scale, mats: list[np.ndarray], d: int) -> int:
     return max(0, bits)
 
 
-def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosure:
+def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC, rows: np.ndarray | None = None) -> Enclosure:
     """Certified enclosure of Att(Q,K,V) = D⁻¹ exp(s·QKᵀ) V at ``prec`` bits of working precision.
+
+    ``rows`` (a sorted 1-D int array; None = all): only those output rows, shape (len(rows), d_v), in
+    O(|rows|·n·d) work: output row i depends on q_i and all of K, V only.
 
     Every returned ball contains the exact real output entry for the instance's exact inputs. Logits
     of magnitude up to 2^b are computed at ``prec`` + b bits, so that their *absolute* error (what exp
@@ -60,55 +64,64 @@ def enclose(inst: SoftmaxAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosu
     number is a valid shift, it cancels in D⁻¹A.
     """
     n, dv = inst.output_shape
+    sel = None
+    if rows is not None:
+        sel = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if sel.size and (sel.min() < 0 or sel.max() >= n or np.any(np.diff(sel) <= 0)):
+            raise ValueError(f"rows must be sorted, distinct and in [0, {n})")
+    m = n if sel is None else len(sel)
     bits = logit_bits(inst.scale, [inst.q, inst.k], inst.d)
     huge = bits > HUGE_LOGIT_BITS
-    shifts = np.zeros(n) if huge else row_shifts(inst)
+    shifts = np.zeros(m) if huge else row_shifts(inst, sel)
     with working_precision(prec + bits, threads=default_threads()):
-        flat = shifted_logits(inst, shifts).entries()
+        flat = shifted_logits(inst, shifts, sel).entries() if m else []
         if huge:
             flat = _shift_by_row_max(flat, n)
         exp = arb.exp
-        weights = arb_mat([list(map(exp, flat[i * n:(i + 1) * n])) for i in range(n)])
+        if not m:
+            return Enclosure(balls=[], shape=(0, dv), prec=prec)
+        weights = arb_mat([list(map(exp, flat[i * n:(i + 1) * n])) for i in range(m)])
         v1 = np.empty((n, dv + 1), dtype=object)
         v1[:, :dv] = inst.v if inst.v.dtype == object else inst.v.astype(np.float64)
         v1[:, dv] = 1.0
         numer = weights * arb_matrix_mixed(v1)
         entries = numer.entries()
         out: list = []
-        for i in range(n):
+        for i in range(m):
             row = entries[i * (dv + 1):(i + 1) * (dv + 1)]
             denom = row[dv]
             out.extend(x / denom for x in row[:dv])
-    return Enclosure(balls=out, shape=(n, dv), prec=prec)
+    return Enclosure(balls=out, shape=(m, dv), prec=prec)
 
 
 HUGE_LOGIT_BITS = 40  # below 2^40 the float64 shift is within ~2^-10 of the row maximum
 
 
 def _shift_by_row_max(flat: list, n: int) -> list:
-    """Row-major n×n logit balls minus, per row, the largest midpoint (an exact number)."""
+    """Row-major m×n logit balls minus, per row, the largest midpoint (an exact number)."""
     out: list = []
-    for i in range(n):
+    for i in range(len(flat) // n):
         row = flat[i * n:(i + 1) * n]
         top = max((x.mid() for x in row), key=fraction_of)
         out.extend(x - top for x in row)
     return out
 
 
-def shifted_logits(inst: SoftmaxAttentionInstance, shifts: np.ndarray) -> arb_mat:
+def shifted_logits(inst: SoftmaxAttentionInstance, shifts: np.ndarray, rows: np.ndarray | None = None) -> arb_mat:
     """Enclosure of s·QKᵀ − m·1ᵀ (m: the float row shifts) at the current precision.
 
     Float inputs: one ball matrix product [Q | −m]·[s·K | 1]ᵀ, so the scale and the shift cost O(n·d)
     instead of two n×n passes (the entries s·k are exact when s is dyadic; a ball otherwise).
     Rational inputs: the exact product QKᵀ first, then scale and shift as ball matrices.
     """
-    n = inst.q.shape[0]
-    if inst.q.dtype.kind == "f" and inst.k.dtype.kind == "f":
-        left = np.hstack([inst.q.astype(np.float64), -shifts.reshape(n, 1)])
+    q = inst.q if rows is None else inst.q[rows]
+    n = q.shape[0]
+    if q.dtype.kind == "f" and inst.k.dtype.kind == "f":
+        left = np.hstack([q.astype(np.float64), -shifts.reshape(n, 1)])
         s = exact_arb(inst.scale)
         right = [[s * x for x in col] for col in inst.k.astype(np.float64).T.tolist()] + [[arb(1)] * inst.k.shape[0]]
         return arb_matrix(left) * arb_mat(right)
-    logits = exact_product(inst.q, inst.k) * exact_arb(inst.scale)
+    logits = exact_product(q, inst.k) * exact_arb(inst.scale)
     return logits - arb_mat([[float(m)] for m in shifts]) * arb_mat([[1.0] * inst.k.shape[0]])
 
 

@@ -37,9 +37,19 @@ from attnspec.reference.softmax_attention import HUGE_LOGIT_BITS, _interval_to_b
 DEFAULT_PREC = 128
 
 
-def row_shifts(inst: TensorAttentionInstance) -> np.ndarray:
+def row_shifts(inst: TensorAttentionInstance, rows: np.ndarray | None = None) -> np.ndarray:
     """Float64 approximations of each row's maximum logit over all key tuples (any finite value works)."""
-    hi, _, _ = _abs_logit_row_max(inst)
+    if rows is None:
+        hi, _, _ = _abs_logit_row_max(inst)
+    else:
+        from attnspec.spec.tensor_attention import column_kronecker, key_tuple_blocks
+        from attnspec.spec.validation import to_float64
+
+        q = to_float64(inst.q)[rows]
+        hi = np.full(len(rows), -np.inf)
+        with np.errstate(over="ignore", invalid="ignore"):
+            for t0, t1 in key_tuple_blocks(inst.n, len(inst.keys), 4096):
+                hi = np.maximum(hi, (float(inst.scale) * (q @ column_kronecker(inst.keys, (t0, t1)).T)).max(axis=1))
     return np.where(np.isfinite(hi), hi, 0.0)
 
 
@@ -52,19 +62,27 @@ def _exact_entry(x) -> arb:
     return exact_arb(x if isinstance(x, Fraction) else float(x))
 
 
-def enclose(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosure:
+def enclose(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC, rows: np.ndarray | None = None) -> Enclosure:
     """Certified enclosure of the tensor attention output at ``prec`` bits of working precision.
 
     Every returned ball contains the exact real output entry for the instance's exact inputs.
+    ``rows`` (sorted 1-D int array; None = all): only those output rows, shape (len(rows), d_v), in
+    O(|rows|·n^{k−1}·d) work (an output row depends on its query row and all keys and values only).
     """
     n, dv = inst.output_shape
     d = inst.d
+    sel = np.arange(n) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    if sel.size and (sel.min() < 0 or sel.max() >= n or np.any(np.diff(sel) <= 0)):
+        raise ValueError(f"rows must be sorted, distinct and in [0, {n})")
+    nq = len(sel)
+    if nq == 0:
+        return Enclosure(balls=[], shape=(0, dv), prec=prec)
     outer = len(inst.keys) - 1  # number of outer key indices j₁ … j_{k−2}
     bits = logit_bits(inst.scale, [inst.q, *inst.keys], d)  # logits < 2^bits: computed at prec + bits
     huge = bits > HUGE_LOGIT_BITS
-    shifts = np.zeros(n) if huge else row_shifts(inst)
+    shifts = np.zeros(nq) if huge else row_shifts(inst, None if rows is None else sel)
     with working_precision(prec + bits, threads=default_threads()):
-        q = arb_matrix(inst.q)
+        q = arb_matrix(inst.q[sel])
         keys = [[[_exact_entry(x) for x in row] for row in k] for k in inst.keys[:-1]]
         vals = [[[_exact_entry(x) for x in row] for row in v] for v in inst.values[:-1]]
         k_last_t = arb_matrix(inst.keys[-1]).transpose()
@@ -81,28 +99,28 @@ def enclose(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosur
             return ((q * _diag(scale_vec)) * k_last_t).entries(), col
 
         if huge:  # float64 row maxima are too coarse: shift by the largest logit ball's midpoint (exact)
-            tops: list = [None] * n
+            tops: list = [None] * nq
             for outer_idx in itertools.product(range(n), repeat=outer):
                 flat, _ = block_logits(outer_idx)
-                for i in range(n):
+                for i in range(nq):
                     row_top = max((x.mid() for x in flat[i * n:(i + 1) * n]), key=fraction_of)
                     if tops[i] is None or fraction_of(row_top) > fraction_of(tops[i]):
                         tops[i] = row_top
             neg_shift = [-t for t in tops]
         else:
             neg_shift = [-arb(float(m)) for m in shifts]
-        acc = arb_mat(n, dv + 1)
+        acc = arb_mat(nq, dv + 1)
         exp = arb.exp
         for outer_idx in itertools.product(range(n), repeat=outer):
             flat, col = block_logits(outer_idx)
-            weights = arb_mat([[exp(x + neg_shift[i]) for x in flat[i * n:(i + 1) * n]] for i in range(n)])
+            weights = arb_mat([[exp(x + neg_shift[i]) for x in flat[i * n:(i + 1) * n]] for i in range(nq)])
             acc += (weights * v_aug) * _diag(col + [arb(1)])
         entries = acc.entries()
         out: list = []
-        for i in range(n):
+        for i in range(nq):
             row = entries[i * (dv + 1):(i + 1) * (dv + 1)]
             out.extend(x / row[dv] for x in row[:dv])
-    return Enclosure(balls=out, shape=(n, dv), prec=prec)
+    return Enclosure(balls=out, shape=(nq, dv), prec=prec)
 
 
 def enclose_mpmath(inst: TensorAttentionInstance, prec: int = DEFAULT_PREC) -> Enclosure:
