@@ -69,15 +69,17 @@ def enclose_fast(inst: TensorAttentionInstance, rows: Any = None, *, xp: ModuleT
     if q is None or any(x is None for x in keys + vals) or not (np.isfinite(s_lo) and np.isfinite(s_hi)):
         inf = np.full((len(r), dv), np.inf)
         return BoundsEnclosure(-inf, inf, engine=name, assumptions=assumptions)
+    keys_f: list[np.ndarray] = [x for x in keys if x is not None]
+    vals_f: list[np.ndarray] = [x for x in vals if x is not None]
     qx = xp.asarray(q)[xp.asarray(r)]
-    kx = [xp.asarray(x) for x in keys]
-    vx = [xp.asarray(x) for x in vals]
+    kx = [xp.asarray(x) for x in keys_f]
+    vx = [xp.asarray(x) for x in vals_f]
     f = len(keys)
     total = n ** f
 
     def tuple_block(t0: int, t1: int) -> tuple[Any, Any]:
-        kt = xp.asarray(column_kronecker(keys, (t0, t1)))
-        vt = xp.asarray(column_kronecker(vals, (t0, t1)))
+        kt = xp.asarray(column_kronecker(keys_f, (t0, t1)))
+        vt = xp.asarray(column_kronecker(vals_f, (t0, t1)))
         ka = xp.concatenate([kt, xp.ones((t1 - t0, 1))], axis=1)
         va = xp.concatenate([vt, xp.abs(vt), xp.ones((t1 - t0, 1))], axis=1)
         return ka, va

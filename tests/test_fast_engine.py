@@ -282,3 +282,21 @@ def test_fast_tensor_overlaps_arb(order):
         assert np.array_equal(np.isfinite(part.lo), np.isfinite(fast.lo[rows]))
         assert _agree(part, enclose_tensor(inst, 96, rows=rows)) == int(np.isfinite(part.lo).sum())
     assert bounded > 0
+
+
+def test_bench_judge_reports_ratios_side_by_side(capsys):
+    import json
+    import math
+
+    pytest.importorskip("torch")
+    from attnspec.conformance.frontends.cli import main
+
+    assert main(["bench", "judge", "--n", "96", "--d", "8", "--arb-n", "16", "32", "--repeats", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    a = out["a_fast_vs_torch"]
+    assert math.isclose(a["ratio_best"], a["fast_best_s"] / a["torch_best_s"])
+    assert a["torch_output_inside_bounds"] and a["bounded_fraction"] == 1.0
+    assert 0.0 <= a["undecided_row_fraction"] <= 1.0 and a["peak_over_n2"] > 0
+    assert [r["n"] for r in out["b_fast_vs_arb"]] == [16, 32]
+    for r in out["b_fast_vs_arb"]:
+        assert r["enclosures_overlap"] and math.isclose(r["ratio_arb_over_fast"], r["arb_s"] / r["fast_s"])
