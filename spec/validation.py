@@ -7,6 +7,11 @@ problem:
 
 - a floating ``numpy.ndarray`` (float16, float32 or float64), kept in its own dtype, or
 - an ``object`` array of :class:`fractions.Fraction` (exact rationals).
+
+Low-precision inputs (the ml_dtypes formats ``bfloat16``, ``float8_e4m3fn``, ``float8_e5m2``) are
+accepted exactly: every value of these formats is a float32 (8 exponent bits at most, ≤ 8 significand
+bits), so they are held as float32 arrays with the same values. The case's dtype, not the array's,
+records the format the backend receives (``LOW_PRECISION_DTYPES``).
 """
 
 from __future__ import annotations
@@ -16,9 +21,25 @@ from fractions import Fraction
 from numbers import Rational, Real
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 SUPPORTED_FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+# Formats numpy lacks (ml_dtypes); each value is exactly a float32.
+LOW_PRECISION_DTYPES = {
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float8_e4m3fn": np.dtype(ml_dtypes.float8_e4m3fn),
+    "float8_e5m2": np.dtype(ml_dtypes.float8_e5m2),
+}
+
+
+def is_low_precision(dtype: Any) -> bool:
+    """True for the ml_dtypes formats of :data:`LOW_PRECISION_DTYPES` (a dtype or its name)."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        return False
+    return any(dt == x for x in LOW_PRECISION_DTYPES.values())
 
 
 class SpecError(ValueError):
@@ -66,9 +87,17 @@ def as_exact_matrix(x: Any, name: str) -> np.ndarray:
         raise SpecError(f"{name} must have at least one row and one column, got shape {arr.shape}")
     if arr.dtype.kind in "iu":
         return np.array([[Fraction(int(v)) for v in row] for row in arr.tolist()], dtype=object)
+    if is_low_precision(arr.dtype):  # bf16 / fp8: finite values held exactly as float32
+        wide = arr.astype(np.float32)
+        bad = ~np.isfinite(wide)
+        if bad.any():
+            i, j = map(int, np.argwhere(bad)[0])
+            raise SpecError(f"{name} has a non-finite {arr.dtype} entry {wide[i, j]!r} at [{i}, {j}]")
+        return frozen_copy(wide)
     if arr.dtype.kind == "f":
         if arr.dtype not in SUPPORTED_FLOAT_DTYPES:
-            raise SpecError(f"{name} has unsupported dtype {arr.dtype}; use float16, float32 or float64")
+            raise SpecError(f"{name} has unsupported dtype {arr.dtype}; use float16, float32, float64 or one of "
+                            f"{', '.join(LOW_PRECISION_DTYPES)}")
         bad = ~np.isfinite(arr)
         if bad.any():
             i, j = map(int, np.argwhere(bad)[0])

@@ -7,8 +7,10 @@ pickle). Over a pipe every array is its own message, sent straight from the arra
 into one buffer, so an output of ``b`` bytes costs about ``b`` on each side rather than the ~5× of an
 ``.npz`` round trip. The receiver caps the header and the total array bytes *before* reading them.
 
-Only plain dtypes are accepted (bool, integers, floats, complex, fixed-width strings): an object or
-structured dtype is refused on both sides, so nothing is ever unpickled.
+Only plain dtypes are accepted (bool, integers, floats, complex, fixed-width strings, and the ml_dtypes
+formats bfloat16 / float8_e4m3fn / float8_e5m2, which travel as raw bytes under their dtype *name*): an
+object or structured dtype is refused on both sides, so nothing is ever unpickled. A backend output in
+one of the ml_dtypes formats is read as float32 (exact: each of their values is a float32).
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import math
 from typing import Any
 
 import numpy as np
+
+from attnspec.spec.validation import is_low_precision
 
 # dtype kinds that may cross the pipe at all (inputs and generic payloads)
 PAYLOAD_KINDS = frozenset("biufcSU")
@@ -61,7 +65,7 @@ def split_payload(obj: Any) -> tuple[bytes, list[np.ndarray]]:
                     arr, order = arr.T, "F"
                 else:
                     arr = np.ascontiguousarray(arr)
-            meta.append({"dtype": arr.dtype.str, "shape": list(arr.shape if order == "C" else arr.shape[::-1]), "order": order})
+            meta.append({"dtype": arr.dtype.name if is_low_precision(arr.dtype) else arr.dtype.str, "shape": list(arr.shape if order == "C" else arr.shape[::-1]), "order": order})
             arrays.append(arr)
             return {"__array__": len(arrays) - 1}
         if isinstance(x, (list, tuple)):
@@ -102,6 +106,8 @@ def send_split(conn: Any, header: bytes, arrays: list[np.ndarray]) -> None:
 
 
 def _check_dtype(dtype: np.dtype, error: type[Exception]) -> None:
+    if is_low_precision(dtype):  # bf16 / fp8: plain 1- or 2-byte numbers (ml_dtypes), no pickle
+        return
     if dtype.hasobject:
         raise error(f"cannot send an object array ({dtype}) without pickle")
     if dtype.kind not in PAYLOAD_KINDS or dtype.fields is not None or dtype.subdtype is not None:
@@ -261,6 +267,8 @@ def coerce_output(output: Any, max_elements: int | None = None) -> Any:
         raise
     except Exception as exc:  # ragged lists and the like
         raise BadOutput(f"output cannot be read as a numeric array: {type(exc).__name__}: {exc}") from None
+    if is_low_precision(arr.dtype):
+        arr = arr.astype(np.float32)  # exact
     if arr.dtype.hasobject:
         raise BadOutput(f"output is an object array ({type(output).__name__}), not a numeric array")
     if arr.dtype.kind not in OUTPUT_KINDS or arr.dtype.fields is not None:
