@@ -50,7 +50,7 @@ from attnspec.reference.enclosure import BoundsEnclosure
 from attnspec.spec.softmax_attention import SoftmaxAttentionInstance
 from attnspec.spec.validation import SpecError
 
-ROW_BLOCK = 64
+ROW_BLOCK = 256  # 256×512 blocks: BLAS efficient, 1 MB exp buffers (measured best of 64…512 rows)
 KEY_BLOCK = 512
 SHIFT_FREE_LOGIT = 300.0  # |x̃| ≤ 300.5 keeps every weight and every sum of n ≤ 2^60 weights finite
 R_CAP = 0.5  # rows whose logit error bound reaches this are left unbounded
