@@ -249,6 +249,15 @@ class BoundsEnclosure:
             a, b = arb(lo), arb(hi)
             return arb((a + b) / 2, (b - a) / 2)
 
+    def exact_interval(self, index: Sequence[int]) -> tuple[Fraction, Fraction] | None:
+        """[lo, hi] of one entry as exact rationals (an Arb ball's radius is a 30-bit upper bound, so
+        :meth:`ball` may be one radius ulp wider), or None when the entry is unbounded."""
+        idx = tuple(int(i) for i in index)
+        lo, hi = float(self.lo[idx]), float(self.hi[idx])
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            return None
+        return Fraction(lo), Fraction(hi)
+
     def mid(self) -> np.ndarray:
         with np.errstate(over="ignore", invalid="ignore"):
             return self.lo / 2 + self.hi / 2
