@@ -1,7 +1,8 @@
 """Replayable case files: exact inputs as ``.npz`` (never pickled) plus a JSON manifest.
 
 The manifest records the problem, the case id, family, dtype and seed, the exact parameters (rationals
-as "p/q" strings), the SHA-256 of every array, the backend and the verdict with its evidence. Loading
+as "p/q" strings), the SHA-256 of every array, the output ``rows`` a row-subset case certifies (absent:
+every row; ``attnspec replay`` certifies the same rows), the backend and the verdict with its evidence. Loading
 trusts nothing, and every refusal is a :class:`CaseFileError` naming the file and the field:
 
 - only regular files are read: the manifest path may be a symbolic link (the user named it), but its
@@ -38,6 +39,7 @@ import numpy.lib.format as npy_format
 from attnspec.conformance.harness.atomic import atomic_open
 from attnspec.conformance.harness.schemas import schema_error
 from attnspec.conformance.judging.problems import get_problem
+from attnspec.spec.validation import is_low_precision
 
 MANIFEST_SCHEMA = "attnspec.case/1"
 _MAX_MANIFEST_BYTES = 16 * 2**20
@@ -97,6 +99,9 @@ def save_case(directory: str | os.PathLike, case: Any, extra: dict[str, Any] | N
         "arrays": {name: {"sha256": _sha256(arr), "dtype": str(arr.dtype), "shape": list(arr.shape)} for name, arr in arrays.items()},
         "npz": f"{stem}.npz",
     }
+    rows = getattr(case, "rows", None)
+    if rows is not None:  # a row-subset case: a replay certifies the same rows
+        manifest["rows"] = [int(r) for r in rows]
     manifest.update(extra or {})
     path = directory / f"{stem}.json"
     with atomic_open(path) as f:
@@ -351,17 +356,40 @@ def _load_case(path: Path) -> tuple[Any, dict[str, Any]]:
     if npz_path.resolve().parent != here:
         raise CaseFileError(f"{path}: npz reference {npz_name!r} must name a .npz file beside the manifest")
     expected = manifest["arrays"]
+    low = is_low_precision(manifest["dtype"])  # bf16 / fp8 cases hold their (exact) values as float32
     for name, meta in expected.items():  # the case's dtype picks its tolerance: it must be the data's
-        if meta["dtype"] != manifest["dtype"]:
+        if meta["dtype"] != manifest["dtype"] and not (low and meta["dtype"] == "float32"):
             raise CaseFileError(f"{path}: field 'arrays.{name}.dtype' is {meta['dtype']!r}, but the case declares dtype {manifest['dtype']!r}")
     arrays = _load_npz(npz_path, expected)
     for name, arr in arrays.items():
         if expected[name]["sha256"] != _sha256(arr):
             raise CaseFileError(f"{npz_path}: array {name!r} does not match its SHA-256 in the manifest")
+        if low and not np.array_equal(arr.astype(manifest["dtype"]).astype(np.float32), arr):
+            raise CaseFileError(f"{npz_path}: array {name!r} holds values that are not {manifest['dtype']} values")
     try:
         inst = mod.instance_from_files(arrays, manifest["params"])
     except Exception as exc:
         why = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
         raise CaseFileError(f"{path}: instance is invalid: {why[:300]}") from None
     case = mod.case_type(manifest["case_id"], manifest["family"], manifest["dtype"], manifest["seed"], inst)
+    if manifest.get("rows") is not None:
+        case.rows = _manifest_rows(manifest["rows"], inst, path)
     return case, manifest
+
+
+def _manifest_rows(rows: Any, inst: Any, path: Path) -> tuple[int, ...]:
+    """The manifest's ``rows`` (the output rows a row-subset case certifies), checked: sorted, unique,
+    integers inside the instance's output rows."""
+    from attnspec.conformance.judging.case_common import normalize_rows
+
+    shape = getattr(inst, "output_shape", None)
+    if shape is None:
+        raise CaseFileError(f"{path}: field 'rows': this problem's cases have no output rows to subset")
+    if not isinstance(rows, list) or not all(isinstance(r, int) and not isinstance(r, bool) for r in rows):
+        raise CaseFileError(f"{path}: field 'rows': must be a list of integers")
+    try:
+        out = normalize_rows(rows, int(shape[0]))
+    except ValueError as exc:
+        raise CaseFileError(f"{path}: field 'rows': {exc}") from None
+    assert out is not None
+    return out

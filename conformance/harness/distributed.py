@@ -77,6 +77,8 @@ def judge_item(item: dict[str, Any]) -> dict[str, Any]:
     problem = get_problem(item["problem"])
     instance = problem.instance_from_files(item["arrays"], item["params"])
     case = problem.case_type(item["case_id"], item["family"], item["dtype"], item["seed"], instance)
+    if item.get("rows") is not None:  # a row-subset case certifies those rows only
+        case.rows = tuple(int(r) for r in item["rows"])
     tolerance = item["tolerance"]
     if tolerance is not None:
         tolerance = (tolerance[0], tolerance[1])
@@ -101,6 +103,7 @@ def judge_payload(case: Any, output: Any, tolerance: Any, caps: Any, *, max_prec
         "seed": int(case.seed), "arrays": {k: np.array(v, copy=True) for k, v in problem.instance_arrays(case.instance).items()},
         "params": sanitize(problem.instance_params(case.instance)), "output": output, "tolerance": tolerance,
         "caps": caps.to_json(), "max_prec": int(max_prec),
+        "rows": None if getattr(case, "rows", None) is None else [int(r) for r in case.rows],
     }
 
 

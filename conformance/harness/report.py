@@ -378,6 +378,22 @@ def _fenced(text: str) -> list[str]:
     return [fence + "text", *text.splitlines(), fence, ""]
 
 
+def row_ranges(rows: Iterable[int], limit: int = 12) -> str:
+    """Sorted row indices as ranges (``0–1, 63–65, 1024``), at most ``limit`` ranges then ``… (+k)``."""
+    parts: list[str] = []
+    vals = sorted(int(r) for r in rows)
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        parts.append(str(vals[i]) if i == j else f"{vals[i]}–{vals[j]}")
+        i = j + 1
+    if len(parts) > limit:
+        return ", ".join(parts[:limit]) + f", … (+{len(parts) - limit} ranges)"
+    return ", ".join(parts)
+
+
 def markdown(report: dict[str, Any]) -> str:
     """Human summary: counts, the rollup, every non-passing case with its evidence and a ulp hint, the
     closest passes, the not-applicable reasons and the output the failing cases printed."""
@@ -432,6 +448,22 @@ def markdown(report: dict[str, Any]) -> str:
                          md_text(_fmt(cond.get("max_abs_logit")))])
         lines += ["## Closest passes (largest error/tolerance)", ""]
         lines += _table(["case", "ratio", "worst entry", "hint", "tolerance source", "max abs logit"], rows)
+
+    subset = [r for r in report["cases"] if r.get("rows") is not None and r["status"] != "not_applicable"]
+    if subset:
+        lines += ["## Row-subset cases (a pass covers the rows checked; a fail is certain)", ""]
+        lines += _table(["case", "status", "rows checked", "rows", "refined with Arb"],
+                        [[md_code(r["case_id"]), md_text(r["status"]),
+                          md_text(f"{len(r['rows'])} of {(r.get('evidence') or {}).get('rows_total', '?')}"),
+                          md_text(row_ranges(r["rows"])), md_text(_fmt((r.get("evidence") or {}).get("rows_refined")))]
+                         for r in subset])
+    tiered = [r for r in report["cases"] if "rows_refined" in (r.get("evidence") or {})]
+    if tiered:
+        refined = sum(int(r["evidence"]["rows_refined"]) for r in tiered)
+        checked = sum(int(r["evidence"].get("rows_checked", 0)) for r in tiered)
+        fast = sum(1 for r in tiered if any(e != "arb" for e in r["evidence"].get("engines") or []))
+        lines += [f"Two-tier judging: {len(tiered)} cases ({fast} with a fast engine); "
+                  f"{refined} of {checked} rows checked were refined with Arb.", ""]
 
     reasons = report.get("not_applicable_reasons") or not_applicable_reasons(report["cases"])
     if reasons:

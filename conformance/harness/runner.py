@@ -61,6 +61,8 @@ def call_backend(case: Any, runner: Any, caps: Any) -> tuple[dict[str, Any], Pen
         "seed": case.seed,
         "shape": problem.shape(case),
     }
+    if getattr(case, "rows", None) is not None:  # a row-subset case: the rows its verdict covers
+        record["rows"] = [int(r) for r in case.rows]
     reasons = problem.not_applicable_reasons(case, caps)
     if reasons:
         record.update(status=NOT_APPLICABLE, message="; ".join(reasons), reasons=reasons)

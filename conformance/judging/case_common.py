@@ -8,6 +8,8 @@ A problem module keeps what is its own: the families, the precision model it use
 from __future__ import annotations
 
 import copy
+import importlib
+import inspect
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,7 +21,8 @@ import numpy as np
 from attnspec.spec.validation import max_abs_exact
 from attnspec.conformance.judging.precision_model import contract_tolerance
 from attnspec.conformance.judging.problems import Problem
-from attnspec.conformance.judging.verdict import Verdict, judge
+from attnspec.conformance.judging.verdict import Verdict, judge, judge_two_tier
+from attnspec.reference.enclosure import Enclosure
 
 
 @dataclass
@@ -34,6 +37,66 @@ class ConformanceCase:
     instance: Any
     problem: str = ""
     tags: dict[str, Any] = field(default_factory=dict)
+    rows: tuple[int, ...] | None = None  # output rows certified (sorted, unique); None: every row
+
+
+def normalize_rows(rows: Any, n_rows: int | None = None) -> tuple[int, ...] | None:
+    """``rows`` as a sorted tuple of unique non-negative ints (None stays None: every row), checked
+    against ``n_rows`` output rows when given. Raises ``ValueError`` naming what is wrong: a row subset
+    must be non-empty, integral, sorted, without repeats and inside the output."""
+    if rows is None:
+        return None
+    arr = np.asarray(rows)
+    if arr.ndim != 1:
+        raise ValueError(f"rows must be a 1-D list of row indices, got shape {arr.shape}")
+    if arr.size == 0:
+        raise ValueError("rows must name at least one output row (None means every row)")
+    if arr.dtype.kind not in "iu" and not (arr.dtype == object and all(isinstance(r, (int, np.integer)) and
+                                                                      not isinstance(r, bool) for r in arr.tolist())):
+        raise ValueError(f"rows must be integers, got dtype {arr.dtype}")
+    out = tuple(int(r) for r in arr.tolist())
+    if out[0] < 0:
+        raise ValueError(f"rows must be non-negative, got {out[0]}")
+    if any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError("rows must be sorted and unique")
+    if n_rows is not None and out[-1] >= n_rows:
+        raise ValueError(f"row {out[-1]} is outside the output's {n_rows} rows")
+    return out
+
+
+def choose_rows(n: int, *, seed: int = 0, random_rows: int = 32,
+                tiles: tuple[int, ...] = (64, 128, 256, 512, 1024, 2048, 4096)) -> tuple[int, ...]:
+    """Output rows worth certifying in a row-subset case of ``n`` rows: the first and last rows, every
+    tile boundary t·b − 1, t·b, t·b + 1 for the tile sizes ``tiles`` (where blocked kernels start and
+    end a block of queries: an off-by-one in the block loop shows there), and ``random_rows`` rows drawn
+    with ``numpy.random.default_rng(seed)`` (deterministic: the same rows on every machine).
+
+    For n ≤ 4096 the boundaries of the smaller tiles alone number up to ~3n/64; the result is sorted,
+    unique and inside [0, n)."""
+    if n < 1:
+        raise ValueError(f"n must be at least 1, got {n}")
+    chosen = {0, 1, n - 2, n - 1}
+    for b in tiles:
+        if b < 1:
+            raise ValueError(f"tile sizes must be positive, got {b}")
+        for t in range(b, n + 1, b):
+            chosen.update((t - 1, t, t + 1))
+    if random_rows > 0:
+        rng = np.random.default_rng(seed)
+        chosen.update(int(r) for r in rng.integers(0, n, size=random_rows))
+    return tuple(sorted(r for r in chosen if 0 <= r < n))
+
+
+def with_rows(case: Any, rows: Any, *, suffix: str | None = None) -> Any:
+    """A copy of ``case`` that certifies only output ``rows`` (checked against the instance's output
+    rows); its id gains ``suffix`` (default ``"rows<count>"``) so the subset case is named apart."""
+    out_rows = normalize_rows(rows, int(case.instance.output_shape[0]))
+    new = copy.copy(case)
+    new.rows = out_rows
+    new.tags = dict(case.tags)
+    if out_rows is not None:
+        new.case_id = f"{case.case_id}/{suffix or f'rows{len(out_rows)}'}"
+    return new
 
 
 def cast_to(x: Any, dtype: str) -> np.ndarray:
@@ -110,12 +173,28 @@ def _no_harvested_constants() -> Iterator[None]:
 
 
 class EnclosureCache:
-    """Reference enclosures per instance object and precision, computed once (a backend's output and
-    its replay are judged against the same balls)."""
+    """Reference enclosures per instance object, computed once (a backend's output and its replay are
+    judged against the same bounds):
 
-    def __init__(self, enclose: Callable[[Any, int], Any]):
+    - ``cache(inst, prec)``: the full Arb enclosure at ``prec`` bits;
+    - ``cache.rows(inst, prec, rows)``: the Arb enclosure of output ``rows`` at ``prec``, memoised *per
+      row* (a row computed for one output is reused for any other output that needs it);
+      ``enclose_rows(inst, prec, rows)`` computes missing rows, or, without it, rows are sliced from
+      the full enclosure;
+    - ``cache.fast(inst, rows)``: the fast engine's bounds (``enclose_fast(inst, rows)``; None when
+      there is none), per row subset.
+    """
+
+    def __init__(self, enclose: Callable[[Any, int], Any], *,
+                 enclose_rows: Callable[[Any, int, np.ndarray], Any] | None = None,
+                 enclose_fast: Callable[[Any, np.ndarray | None], Any] | None = None):
         self._enclose = enclose
+        self._enclose_rows = enclose_rows
+        self._enclose_fast = enclose_fast
         self._by_instance: "weakref.WeakKeyDictionary[Any, dict[int, Any]]" = weakref.WeakKeyDictionary()
+        self._rows: "weakref.WeakKeyDictionary[Any, dict[int, dict[int, list]]]" = weakref.WeakKeyDictionary()
+        self._fast: "weakref.WeakKeyDictionary[Any, dict[tuple[int, ...] | None, Any]]" = weakref.WeakKeyDictionary()
+        self.arb_rows_computed = 0  # rows Arb computed through rows() (for tests and measurements)
 
     def __call__(self, inst: Any, prec: int) -> Any:
         per_prec = self._by_instance.setdefault(inst, {})
@@ -123,12 +202,73 @@ class EnclosureCache:
             per_prec[prec] = self._enclose(inst, prec)
         return per_prec[prec]
 
+    @property
+    def has_fast(self) -> bool:
+        return self._enclose_fast is not None
+
+    def fast(self, inst: Any, rows: tuple[int, ...] | None) -> Any:
+        """The fast engine's bounds of output ``rows`` (None: no fast engine, or it declined)."""
+        if self._enclose_fast is None:
+            return None
+        per_rows = self._fast.setdefault(inst, {})
+        if rows not in per_rows:
+            try:
+                per_rows[rows] = self._enclose_fast(inst, None if rows is None else np.asarray(rows, dtype=np.int64))
+            except NotImplementedError:  # an instance the fast engine does not cover: Arb alone
+                per_rows[rows] = None
+        return per_rows[rows]
+
+    def rows(self, inst: Any, prec: int, rows: np.ndarray) -> Enclosure:
+        """Arb enclosure (shape (len(rows), dv)) of the output ``rows`` at ``prec`` bits."""
+        rows = np.asarray(rows, dtype=np.int64)
+        per_row = self._rows.setdefault(inst, {}).setdefault(prec, {})
+        missing = [int(r) for r in rows.tolist() if int(r) not in per_row]
+        if missing:
+            full = self._by_instance.get(inst, {}).get(prec)
+            if full is None and self._enclose_rows is not None:
+                enc = self._enclose_rows(inst, prec, np.asarray(missing, dtype=np.int64))
+                got = missing
+            else:
+                enc = full if full is not None else self(inst, prec)
+                got = list(range(enc.shape[0]))
+            width = int(np.prod(enc.shape[1:], dtype=np.int64))
+            for i, r in enumerate(got):
+                per_row[r] = enc.balls[i * width:(i + 1) * width]
+            self.arb_rows_computed += len(missing)
+            shape_tail = tuple(enc.shape[1:])
+        else:
+            shape_tail = (len(per_row[int(rows[0])]),) if rows.size else ()
+        balls = [b for r in rows.tolist() for b in per_row[int(r)]]
+        return Enclosure(balls=balls, shape=(len(rows), *shape_tail), prec=prec)
+
 
 def judge_against(case: Any, output: Any, tolerance: Any, source: dict[str, Any], cache: EnclosureCache,
-                  conditioning: dict[str, Any], *, max_prec: int = 1024) -> Verdict:
+                  conditioning: dict[str, Any], *, max_prec: int = 1024, two_tier: bool | None = None) -> Verdict:
     """Certified verdict on ``output`` for ``case`` (refining the reference up to ``max_prec`` bits), with
-    where the tolerance came from and the instance's conditioning numbers added to the evidence."""
-    verdict = judge(output, lambda prec: cache(case.instance, prec), tolerance, max_prec=max_prec)
+    where the tolerance came from and the instance's conditioning numbers added to the evidence.
+
+    Two-tier (:func:`~attnspec.conformance.judging.verdict.judge_two_tier`: the cache's fast engine
+    first, Arb on the undecided rows only) when the cache has a fast engine or the case certifies a row
+    subset (``case.rows``), or when ``two_tier`` says so; otherwise the Arb-only :func:`judge` on the
+    whole output (``two_tier=False`` forces it; the Arb-only path ignores ``rows``, so it is refused
+    for a row-subset case)."""
+    rows = getattr(case, "rows", None)
+    if two_tier is None:
+        two_tier = cache.has_fast or rows is not None
+    if not two_tier and rows is not None:
+        raise ValueError("a row-subset case is judged by the two-tier engine only")
+    if two_tier:
+        inst = case.instance
+        row_ids = None if rows is None else np.asarray(rows, dtype=np.int64)
+
+        def enclose_rows(prec: int, local: np.ndarray) -> Enclosure:
+            return cache.rows(inst, prec, local if row_ids is None else row_ids[local])
+
+        verdict = judge_two_tier(output, (lambda: cache.fast(inst, rows)) if cache.has_fast else None, enclose_rows,
+                                 tolerance, shape=tuple(inst.output_shape), rows=row_ids, max_prec=max_prec)
+    else:
+        verdict = judge(output, lambda prec: cache(case.instance, prec), tolerance, max_prec=max_prec)
+        verdict.evidence["engines"] = ["arb"]
     verdict.evidence["tolerance_source"] = source
     verdict.evidence["conditioning"] = conditioning
     return verdict
@@ -172,9 +312,10 @@ class InstanceProblem(Problem):
     salt: ClassVar[int] = 0
 
     def __init__(self) -> None:
-        self.cached_enclosure = EnclosureCache(self.enclose)
-        # tolerance per instance and declared arithmetic: the applicability check and the pre-call
-        # tolerance of judge_one ask for the same array
+        self.cached_enclosure = EnclosureCache(self.enclose, enclose_rows=self.arb_rows_engine(),
+                                               enclose_fast=self.fast_engine())
+        # tolerance per instance, declared arithmetic and row subset: the applicability check and the
+        # pre-call tolerance of judge_one ask for the same array
         self._tolerances: "weakref.WeakKeyDictionary[Any, dict[Any, tuple[np.ndarray, dict[str, Any]]]]" = weakref.WeakKeyDictionary()
 
     # --- what each instance problem defines -------------------------------------------------------
@@ -211,6 +352,24 @@ class InstanceProblem(Problem):
     def enclose(self, inst: Any, prec: int) -> Any:
         raise NotImplementedError
 
+    def arb_rows_engine(self) -> Callable[[Any, int, np.ndarray], Any] | None:
+        """``f(inst, prec, rows)``: the Arb enclosure of output ``rows`` only, at O(|rows|·n·d) cost
+        (None: rows are sliced from the full enclosure)."""
+        return None
+
+    def fast_engine(self) -> Callable[[Any, np.ndarray | None], Any] | None:
+        """``f(inst, rows)``: the fast engine's certified float64 bounds of output ``rows`` (a
+        ``BoundsEnclosure``), or None when the problem has none (the Arb-only path)."""
+        return None
+
+    def row_tolerance(self, inst: Any, model: Any, rows: tuple[int, ...] | None) -> tuple[np.ndarray, str | None]:
+        """The precision-model tolerance of output ``rows``, and a note when it was sliced from the
+        tolerance of every row (a problem whose tolerance cannot be computed per row)."""
+        tol = self.precision_tolerance(inst, model)
+        if rows is None:
+            return tol, None
+        return np.array(tol[np.asarray(rows, dtype=np.int64)]), "sliced from the tolerance of every row"
+
     # --- the Problem interface, shared ------------------------------------------------------------
     extra_families: ClassVar[tuple[str, ...]] = ()
 
@@ -246,15 +405,22 @@ class InstanceProblem(Problem):
         """The tolerance ``case`` is judged by (a read-only array), and a description of where it came
         from. Computed once per instance and declared arithmetic (the instance is immutable)."""
         inst = case.instance
-        key = ("contract", float(caps.contract_eps)) if caps.contract_eps is not None else caps.precision_for(case.dtype)
+        rows = getattr(case, "rows", None)
+        model_key = ("contract", float(caps.contract_eps)) if caps.contract_eps is not None else caps.precision_for(case.dtype)
+        key = (model_key, rows)
         per_instance = self._tolerances.setdefault(inst, {})
         if key not in per_instance:
             if caps.contract_eps is not None:
-                tol = contract_tolerance(caps.contract_eps, inst.output_shape)
+                shape = tuple(inst.output_shape) if rows is None else (len(rows), *tuple(inst.output_shape)[1:])
+                tol = contract_tolerance(caps.contract_eps, shape)
                 source: dict[str, Any] = {"kind": "contract", "eps": caps.contract_eps}
             else:
-                tol = self.precision_tolerance(inst, key)
-                source = {"kind": "precision_model", "model": key.__dict__.copy()}
+                tol, note = self.row_tolerance(inst, model_key, rows)
+                source = {"kind": "precision_model", "model": model_key.__dict__.copy()}
+                if note is not None:
+                    source["rows_note"] = note
+            if rows is not None:
+                source["rows"] = len(rows)
             tol.flags.writeable = False
             per_instance[key] = (tol, source)
         tol, source = per_instance[key]
@@ -277,6 +443,24 @@ class InstanceProblem(Problem):
     def shape(self, case: Any) -> list[int]:
         inst = case.instance
         return [int(inst.n), int(inst.d)]
+
+
+def accepts_rows(fn: Callable) -> bool:
+    """True when ``fn`` takes a ``rows`` keyword (the row-restricted engines and tolerances)."""
+    try:
+        return "rows" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def optional_engine(module: str, name: str) -> Callable | None:
+    """``module.name`` when that module exists (a fast engine not yet installed is no engine)."""
+    try:
+        mod = importlib.import_module(module)
+    except ImportError:
+        return None
+    fn = getattr(mod, name, None)
+    return fn if callable(fn) else None
 
 
 def fraction_or_none(x: Any) -> Fraction | None:

@@ -28,10 +28,15 @@ import numpy as np
 from attnspec.reference.softmax_attention import enclose
 from attnspec.spec.softmax_attention import PROBLEM, SoftmaxAttentionInstance, conditioning, make_instance, standard_scale
 from attnspec.spec.validation import max_abs_exact
-from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, cast_to, derandomized_draws,
-                                                      exact_params, fraction_or_none)
+from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, accepts_rows, cast_to,
+                                                      derandomized_draws, exact_params, fraction_or_none,
+                                                      normalize_rows, optional_engine)
 from attnspec.conformance.judging.precision_model import overflow_reason, softmax_tolerance
+from attnspec.conformance.judging.stage_precision import (StagePrecisionModel, low_precision_draws, stage_overflow_reason,
+                                                          stage_softmax_tolerance)
+from attnspec.spec.validation import is_low_precision
 from attnspec.conformance.judging.problems import register
+from attnspec.conformance.judging.long_context_families import SOFTMAX_COUNTS, SOFTMAX_FAMILIES
 from attnspec.conformance.judging.edge_instances import SOFTMAX_EDGE_COUNT, exact_scale_softmax_cases, family_softmax_edge
 
 METHOD = "attention"
@@ -155,10 +160,11 @@ FAMILIES: dict[str, Callable] = {
     "odd_sizes": family_odd_sizes,
     "scale_kinds": family_scale_kinds,
     "edge": family_softmax_edge,
+    **SOFTMAX_FAMILIES,  # tile edges, late maxima, long rows (long_context_families.py)
 }
 COUNTS = {
-    "quick": {"bounded": 6, "uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "edge": SOFTMAX_EDGE_COUNT, "hypothesis": 6},
-    "thorough": {"bounded": 30, "uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "edge": 2 * SOFTMAX_EDGE_COUNT, "hypothesis": 80},
+    "quick": {"bounded": 6, "uniform": 8, "degenerate": 7, "large_logits": 4, "near_ties": 4, "repeated_shape": 3, "odd_sizes": 6, "scale_kinds": 2, "edge": SOFTMAX_EDGE_COUNT, "hypothesis": 6, **SOFTMAX_COUNTS["quick"]},
+    "thorough": {"bounded": 30, "uniform": 60, "degenerate": 12, "large_logits": 24, "near_ties": 24, "repeated_shape": 8, "odd_sizes": 12, "scale_kinds": 12, "edge": 2 * SOFTMAX_EDGE_COUNT, "hypothesis": 80, **SOFTMAX_COUNTS["thorough"]},
 }
 
 
@@ -178,24 +184,32 @@ class SoftmaxAttention(InstanceProblem):
         return exact_scale_softmax_cases(tuple(d for d in dtypes if d in ("float64", "float32")))
 
     def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Case:
-        q, k, v, scale, bound = drawn
+        q, k, v, scale, bound, *rest = drawn
+        rows = rest[0] if rest else None  # a recipe may name the output rows to certify (a row subset)
         q, k, v = (cast_to(x, dtype) for x in (q, k, v))
         scale = Fraction(float(np.asarray(float(scale), dtype=dtype)))  # the scale the backend receives
         b = None
         if bound is not None:
             b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, k, v)))  # rounding may nudge past B
         inst = make_instance(q, k, v, scale=scale, bound=b)
-        return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+        return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst,
+                    rows=normalize_rows(rows, inst.output_shape[0]))
 
     def hypothesis_cases(self, count: int, dtype: str, big: bool, seed: int) -> list[Case]:
         """``count`` instances drawn (derandomized) from :func:`attnspec.conformance.frontends.strategies.softmax_instances`."""
         from attnspec.conformance.frontends.strategies import softmax_instances
 
+        if is_low_precision(dtype):  # drawn in float32, then rounded to the format (stage_precision.py)
+            return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in
+                    enumerate(low_precision_draws(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8,
+                                                                    dtype="float32"), count, dtype))]
         drawn = derandomized_draws(softmax_instances(max_n=96 if big else 24, max_d=24 if big else 8, dtype=dtype), count)
         return [Case(f"{PROBLEM}/{dtype}/hypothesis/{i:03d}", "hypothesis", dtype, seed, inst) for i, inst in enumerate(drawn)]
 
     def call_args(self, case: Case) -> tuple[tuple, dict]:
         inst = case.instance
+        if is_low_precision(case.dtype):  # held as float32; the backend receives the case's format (exact)
+            return tuple(cast_to(x, case.dtype) for x in (inst.q, inst.k, inst.v)), {"scale": float(inst.scale)}
         return (inst.q, inst.k, inst.v), {"scale": float(inst.scale)}
 
     def inputs(self, inst: SoftmaxAttentionInstance) -> list[np.ndarray]:
@@ -205,9 +219,13 @@ class SoftmaxAttention(InstanceProblem):
         return 2
 
     def precision_tolerance(self, inst: SoftmaxAttentionInstance, model: Any) -> np.ndarray:
+        if isinstance(model, StagePrecisionModel):
+            return stage_softmax_tolerance(inst, model)
         return softmax_tolerance(inst, model)
 
     def overflow_reason(self, inst: SoftmaxAttentionInstance, model: Any) -> str | None:
+        if isinstance(model, StagePrecisionModel):
+            return stage_overflow_reason(inst, model)
         return overflow_reason(inst, model)
 
     def vacuity_detail(self, inst: SoftmaxAttentionInstance) -> str:
@@ -218,6 +236,28 @@ class SoftmaxAttention(InstanceProblem):
 
     def enclose(self, inst: SoftmaxAttentionInstance, prec: int) -> Any:
         return enclose(inst, prec)
+
+    def arb_rows_engine(self) -> Callable[[Any, int, np.ndarray], Any] | None:
+        """The Arb engine restricted to output rows, once ``reference.softmax_attention.enclose`` takes ``rows=``."""
+        if not accepts_rows(enclose):
+            return None
+        return lambda inst, prec, rows: enclose(inst, prec, rows=rows)
+
+    def fast_engine(self) -> Callable[[Any, np.ndarray | None], Any] | None:
+        """``reference.fast_softmax.enclose_fast`` (certified float64 bounds), when it is installed."""
+        fast = optional_engine("attnspec.reference.fast_softmax", "enclose_fast")
+        if fast is None:
+            return None
+        return lambda inst, rows: fast(inst, rows=rows)
+
+    def row_tolerance(self, inst: Any, model: Any, rows: tuple[int, ...] | None) -> tuple[np.ndarray, str | None]:
+        """:func:`softmax_tolerance` of output ``rows``: computed for those rows alone when it takes ``rows=``
+        (O(|rows|·n·d)), else sliced from the tolerance of every row (noted in the evidence)."""
+        if isinstance(model, StagePrecisionModel):
+            return stage_softmax_tolerance(inst, model, None if rows is None else np.asarray(rows, dtype=np.int64)), None
+        if rows is not None and accepts_rows(softmax_tolerance):
+            return softmax_tolerance(inst, model, rows=np.asarray(rows, dtype=np.int64)), None
+        return super().row_tolerance(inst, model, rows)
 
     def instance_arrays(self, inst: SoftmaxAttentionInstance) -> dict[str, np.ndarray]:
         return {"q": inst.q, "k": inst.k, "v": inst.v}

@@ -35,10 +35,12 @@ from attnspec.spec.tensor_attention import (
     standard_scale,
 )
 from attnspec.spec.validation import max_abs_exact
-from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, cast_to, derandomized_draws,
-                                                      exact_params, fraction_or_none)
+from attnspec.conformance.judging.case_common import (ConformanceCase, InstanceProblem, accepts_rows, cast_to,
+                                                      derandomized_draws, exact_params, fraction_or_none,
+                                                      normalize_rows, optional_engine)
 from attnspec.conformance.judging.precision_model import tensor_overflow_reason, tensor_tolerance
 from attnspec.conformance.judging.problems import register
+from attnspec.conformance.judging.long_context_families import TENSOR_COUNTS, TENSOR_FAMILIES
 from attnspec.conformance.judging.edge_instances import TENSOR_EDGE_COUNT, exact_scale_tensor_cases, family_tensor_edge
 
 METHOD = "tensor_attention"
@@ -159,10 +161,11 @@ FAMILIES: dict[str, Callable] = {
     "degenerate": family_degenerate,
     "unequal_keys": family_unequal_keys,
     "edge": family_tensor_edge,
+    **TENSOR_FAMILIES,  # maximal tuple in a late block (long_context_families.py)
 }
 COUNTS = {
-    "quick": {"uniform": 6, "order4": 3, "odd_sizes": 6, "large_logits": 3, "near_ties": 4, "degenerate": 7, "unequal_keys": 3, "edge": TENSOR_EDGE_COUNT, "hypothesis": 5},
-    "thorough": {"uniform": 40, "order4": 12, "odd_sizes": 9, "large_logits": 16, "near_ties": 16, "degenerate": 12, "unequal_keys": 12, "edge": TENSOR_EDGE_COUNT, "hypothesis": 60},
+    "quick": {"uniform": 6, "order4": 3, "odd_sizes": 6, "large_logits": 3, "near_ties": 4, "degenerate": 7, "unequal_keys": 3, "edge": TENSOR_EDGE_COUNT, "hypothesis": 5, **TENSOR_COUNTS["quick"]},
+    "thorough": {"uniform": 40, "order4": 12, "odd_sizes": 9, "large_logits": 16, "near_ties": 16, "degenerate": 12, "unequal_keys": 12, "edge": TENSOR_EDGE_COUNT, "hypothesis": 60, **TENSOR_COUNTS["thorough"]},
 }
 
 
@@ -229,7 +232,8 @@ class TensorAttention(InstanceProblem):
         return exact_scale_tensor_cases(tuple(d for d in dtypes if d in ("float64", "float32")))
 
     def make_case(self, family: str, index: int, seed: int, dtype: str, *drawn: Any) -> Case:
-        q, keys, values, scale, bound = drawn
+        q, keys, values, scale, bound, *rest = drawn
+        rows = rest[0] if rest else None  # a recipe may name the output rows to certify (a row subset)
         q = cast_to(q, dtype)
         keys = [cast_to(x, dtype) for x in keys]
         values = [cast_to(x, dtype) for x in values]
@@ -238,7 +242,8 @@ class TensorAttention(InstanceProblem):
         if bound is not None:  # rounding to the dtype may nudge an entry past B
             b = max(Fraction(bound), *(max_abs_exact(x) for x in (q, *keys, *values)))
         inst = make_instance(q, keys, values, scale=scale, bound=b)
-        return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst)
+        return Case(f"{PROBLEM}/{dtype}/{family}/{index:03d}", family, dtype, seed, inst,
+                    rows=normalize_rows(rows, inst.output_shape[0]))
 
     def hypothesis_cases(self, count: int, dtype: str, big: bool, seed: int) -> list[Case]:
         """``count`` instances drawn (derandomized) from :func:`tensor_instances`."""
@@ -269,6 +274,26 @@ class TensorAttention(InstanceProblem):
 
     def enclose(self, inst: TensorAttentionInstance, prec: int) -> Any:
         return enclose(inst, prec)
+
+    def arb_rows_engine(self) -> Callable[[Any, int, np.ndarray], Any] | None:
+        """The Arb engine restricted to output rows, once ``reference.tensor_attention.enclose`` takes ``rows=``."""
+        if not accepts_rows(enclose):
+            return None
+        return lambda inst, prec, rows: enclose(inst, prec, rows=rows)
+
+    def fast_engine(self) -> Callable[[Any, np.ndarray | None], Any] | None:
+        """``reference.fast_tensor.enclose_fast`` (certified float64 bounds), when it is installed."""
+        fast = optional_engine("attnspec.reference.fast_tensor", "enclose_fast")
+        if fast is None:
+            return None
+        return lambda inst, rows: fast(inst, rows=rows)
+
+    def row_tolerance(self, inst: Any, model: Any, rows: tuple[int, ...] | None) -> tuple[np.ndarray, str | None]:
+        """:func:`tensor_tolerance` of output ``rows``: computed for those rows alone when it takes ``rows=``
+        (O(|rows|·n·d)), else sliced from the tolerance of every row (noted in the evidence)."""
+        if rows is not None and accepts_rows(tensor_tolerance):
+            return tensor_tolerance(inst, model, rows=np.asarray(rows, dtype=np.int64)), None
+        return super().row_tolerance(inst, model, rows)
 
     def instance_arrays(self, inst: TensorAttentionInstance) -> dict[str, np.ndarray]:
         out = {"q": inst.q}
