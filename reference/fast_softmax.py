@@ -39,6 +39,8 @@ Method (derived here; full analysis in docs/fast-engine.md). For an output row i
 from __future__ import annotations
 
 import os
+import threading
+from contextlib import contextmanager
 from fractions import Fraction
 from types import ModuleType
 from typing import Any, Callable, Iterator
@@ -164,7 +166,8 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
         two_pass &= xp.isfinite(lam) & (lam <= 1e300)
         idx = xp.nonzero(two_pass)[0]
         if idx.size:
-            shift[idx], off_max[idx] = _row_max_pass(xp, qp[idx], idx, n_keys, key_blocks, logit_offset, row_block, key_block)
+            with _deterministic_blas(xp):
+                shift[idx], off_max[idx] = _row_max_pass(xp, qp[idx], idx, n_keys, key_blocks, logit_offset, row_block, key_block)
         all_masked = shift == -xp.inf
         shift = xp.where(xp.isfinite(shift), shift, 0.0)
         ms = xp.abs(shift)
@@ -184,25 +187,37 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
         eps = ff.LIBM_EXP_REL_ERR if trust_libm_exp else ff.EXP_REL_ERR
         exp_fn = ff.exp_libm_inplace if trust_libm_exp else ff.exp_inplace
         acc = xp.zeros((m, 2 * dv + 1))
-        nkb = 0
-        bufs: dict[tuple[int, int], tuple[Any, ...]] = {}
         kbs = list(_blocks(n_keys, key_block))
         nkb = len(kbs)
-        for c0, c1 in kbs:
-            k_aug, v_aug = key_blocks(c0, c1)
-            k_t = k_aug.T
-            for r0, r1 in _blocks(m, row_block):
-                shape = (r1 - r0, c1 - c0)
-                if shape not in bufs:
-                    bufs[shape] = tuple(xp.empty(shape) for _ in range(4))
-                x, t1, t2, t3 = bufs[shape]
-                xp.matmul(qa[r0:r1], k_t, out=x)
-                if logit_offset is not None:
-                    off = logit_offset(r0, r1, c0, c1)
-                    if off is not None:
-                        xp.add(x, xp.asarray(off, dtype=xp.float64), out=x)
-                w = exp_fn(x, (t1, t2, t3), xp)
-                acc[r0:r1] += w @ v_aug
+        rbs = list(_blocks(m, row_block))
+        local = threading.local()
+
+        def tile(r0: int, r1: int, c0: int, c1: int, k_t: Any, v_aug: Any) -> None:
+            # one row block against one key block; row blocks are disjoint, so tiles of one key block
+            # may run concurrently (each thread keeps its own buffers)
+            bufs = local.__dict__.setdefault("bufs", {})
+            shape = (r1 - r0, c1 - c0)
+            if shape not in bufs:
+                bufs[shape] = tuple(xp.empty(shape) for _ in range(4))
+            x, t1, t2, t3 = bufs[shape]
+            xp.matmul(qa[r0:r1], k_t, out=x)
+            if logit_offset is not None:
+                off = logit_offset(r0, r1, c0, c1)
+                if off is not None:
+                    xp.add(x, xp.asarray(off, dtype=xp.float64), out=x)
+            w = exp_fn(x, (t1, t2, t3), xp)
+            acc[r0:r1] += w @ v_aug
+
+        with _deterministic_blas(xp) as pool:
+            for c0, c1 in kbs:
+                k_aug, v_aug = key_blocks(c0, c1)
+                k_t = k_aug.T
+                if pool is None or len(rbs) < 2:
+                    for r0, r1 in rbs:
+                        tile(r0, r1, c0, c1, k_t, v_aug)
+                else:
+                    for f in [pool.submit(tile, r0, r1, c0, c1, k_t, v_aug) for r0, r1 in rbs]:
+                        f.result()
         # --- error bounds (directed operations on O(m·dv) arrays) ---
         num, aab, den = acc[:, :dv], acc[:, dv:2 * dv], acc[:, 2 * dv:2 * dv + 1]
         big_t = key_block + nkb if n_keys > key_block else n_keys
@@ -240,6 +255,50 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
         lo = xp.where(all_masked[:, None], 0.0, lo)
         hi = xp.where(all_masked[:, None], 0.0, hi)
     return lo, hi
+
+
+_POOL: Any = None
+_BLAS: Any = None
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+@contextmanager
+def _deterministic_blas(xp: ModuleType) -> Iterator[Any]:
+    """On numpy: BLAS limited to one thread while the engine runs, and a pool of one thread per core
+    (at most ATTNSPEC_FAST_THREADS) that runs the fixed row blocks of each key block side by side.
+
+    Why: a multi-threaded BLAS splits a product differently for different thread counts, so its bits
+    (and the bounds' last bits) would depend on the machine's load or a Dask worker's thread setting.
+    With fixed blocks and single-threaded products, every tile is computed the same way whatever the
+    number of threads, and a report is the same serially and on any number of workers (same CPU kind
+    and BLAS). Yields the pool, or None (one core, or not numpy)."""
+    global _POOL, _BLAS
+    if xp is not np:
+        yield None
+        return
+    want = _cores()
+    cap = os.environ.get("ATTNSPEC_FAST_THREADS", "")
+    if cap.isdigit() and int(cap) >= 1:
+        want = min(want, int(cap))
+    if _BLAS is None:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS = ThreadpoolController()
+    with _BLAS.limit(limits=1, user_api="blas"):
+        if want < 2:
+            yield None
+            return
+        if _POOL is None or _POOL._max_workers != want:
+            from concurrent.futures import ThreadPoolExecutor
+
+            _POOL = ThreadPoolExecutor(max_workers=want, thread_name_prefix="attnspec-fast")
+        yield _POOL
 
 
 def _row_max_pass(xp: ModuleType, qp: Any, idx: Any, n_keys: int, key_blocks: KeyBlocks, logit_offset: Callable | None,

@@ -238,8 +238,10 @@ def test_bad_inputs_are_refused():
         fast_softmax_bounds(np.full((2, 2), np.nan), np.ones((2, 2)), np.ones((2, 2)), scale_lo=1, scale_hi=1)
 
 
-def test_blocking_never_allocates_n_squared():
+def test_blocking_never_allocates_n_squared(monkeypatch):
     import tracemalloc
+
+    monkeypatch.setenv("ATTNSPEC_FAST_THREADS", "2")  # per-thread tile buffers: the same bound on any machine
 
     rng = np.random.default_rng(2)
     n, d = 4000, 8
@@ -248,7 +250,7 @@ def test_blocking_never_allocates_n_squared():
     fast_softmax_bounds(q, k, v, scale_lo=0.25, scale_hi=0.25, row_block=64, key_block=256)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak < n * n * 8 / 20  # O(n·block): far below one n×n float64 matrix (128 MB here)
+    assert peak < n * n * 8 / 12  # O(n·block + threads·block²): far below one n×n float64 matrix (128 MB here)
 
 
 @pytest.mark.parametrize("order", [2, 3, 4])
