@@ -328,7 +328,7 @@ def variant_tags(inst: SdpaInstance) -> set[str]:
 
 def fully_masked_rows(inst: SdpaInstance, block: int = 1024) -> np.ndarray:
     """Flat indices of the rows with no visible key (O(B·Hq·m·n) mask work, blocked over keys)."""
-    out = []
+    out: list[int] = []
     for b in range(inst.batch):
         for h in range(inst.hq):
             for r0 in range(0, inst.m, block):

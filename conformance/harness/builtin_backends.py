@@ -15,6 +15,11 @@ import numpy as np
 from attnspec.conformance.judging.precision_model import PrecisionModel
 
 SOFTMAX, TENSOR, DYNAMIC = "softmax_attention", "tensor_attention", "dynamic_attention"
+SDPA = "sdpa"
+# Every sdpa variant; fully masked rows give 0 (numpy: the online softmax's l = 0 rows; torch 2.5+'s
+# math kernel: verified in docs/sdpa.md).
+SDPA_ALL_VARIANTS = {SDPA: {"supports": ["cross", "gqa", "mqa", "causal_top_left", "causal_bottom_right", "window",
+                                         "bool_mask", "bias"], "fully_masked": "zero"}}
 HEAVY_ENTRIES, UNIVERSAL_SET = "heavy_entries", "universal_set"
 
 
@@ -110,11 +115,12 @@ class AcceleratedBackend:
         self._block_size = block_size
         self._tensor_block = tensor_block  # prime: the small conformance cases still span several blocks
         self.capabilities = {
-            "problems": {SOFTMAX, TENSOR, DYNAMIC, HEAVY_ENTRIES, UNIVERSAL_SET},
+            "problems": {SOFTMAX, TENSOR, DYNAMIC, HEAVY_ENTRIES, UNIVERSAL_SET, SDPA},
             "dtypes": {"float64", "float32"},
             "devices": {device},
             "deterministic": True,
             "heavy_slack": HEAVY_SLACK,
+            "variants": SDPA_ALL_VARIANTS,
         }
         self.heavy_fallbacks = 0  # calls answered by the exact reference (bound too loose for the slack)
 
@@ -147,6 +153,14 @@ class AcceleratedBackend:
     def attention(self, q, k, v, *, scale):
         args = [self._to_device(x) for x in (q, k, v)]
         return self._to_host(self._impl.softmax_attention(*args, scale=scale, block_size=self._block_size))
+
+    def sdpa(self, q, k, v, *, scale, causal=None, window=None, window_alignment=None, attn_mask=None, bias=None):
+        from attnspec.accelerated.sdpa import sdpa
+
+        extra = {name: self._to_device(x) for name, x in (("attn_mask", attn_mask), ("bias", bias)) if x is not None}
+        out = sdpa(*(self._to_device(x) for x in (q, k, v)), scale=scale, causal=causal, window=window,
+                   window_alignment=window_alignment, **extra)
+        return self._to_host(out)
 
     def tensor_attention(self, q, keys, values, *, scale):
         from attnspec.accelerated.tensor_attention import tensor_attention
@@ -202,9 +216,10 @@ class TorchBackend:
         self._device = device
         self.version = torch.__version__
         self.capabilities = {
-            "problems": {SOFTMAX, TENSOR},
+            "problems": {SOFTMAX, TENSOR, SDPA},
             "dtypes": {"float64", "float32"},
             "devices": {device},
+            "variants": SDPA_ALL_VARIANTS,
         }
 
     def _t(self, x):
@@ -216,6 +231,37 @@ class TorchBackend:
         # Passed as-is: the adapter must not paper over torch's own behaviour (scale=0 included).
         out = self._torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=float(scale))
         return out[0, 0].cpu().numpy()
+
+    def sdpa(self, q, k, v, *, scale, causal=None, window=None, window_alignment=None, attn_mask=None, bias=None):
+        """``torch.nn.functional.scaled_dot_product_attention`` with ``enable_gqa`` for Hkv < Hq. Its
+        ``is_causal`` is top-left aligned, so it is used for ``causal="top_left"`` alone; every other mask
+        (bottom-right causal, windows, the boolean mask, the bias) goes in as one additive float
+        ``attn_mask`` (0 where visible, −inf where not, plus the bias), built exactly in the case dtype."""
+        from attnspec.accelerated.sdpa import structural_mask
+
+        torch = self._torch
+        tq, tk, tv = self._t(q), self._t(k), self._t(v)
+        m, n = q.shape[2], k.shape[2]
+        gqa = q.shape[1] != k.shape[1]
+        if causal == "top_left" and window is None and attn_mask is None and bias is None:
+            out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, scale=float(scale), is_causal=True,
+                                                                   enable_gqa=gqa)
+            return out.cpu().numpy()
+        mask = None
+        if causal is not None or window is not None:
+            mask = torch.from_numpy(structural_mask(m, n, causal=causal, window=window, window_alignment=window_alignment))
+        if attn_mask is not None:
+            am = torch.from_numpy(np.array(attn_mask, dtype=bool))
+            mask = am if mask is None else mask & am
+        additive = None
+        if bias is not None:
+            additive = self._t(np.asarray(bias, dtype=q.dtype))
+        if mask is not None:
+            neg = torch.zeros(mask.shape, dtype=tq.dtype).masked_fill(~mask, float("-inf"))
+            additive = neg if additive is None else additive + neg
+        out = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=additive, scale=float(scale),
+                                                               enable_gqa=gqa)
+        return out.cpu().numpy()
 
     def tensor_attention(self, q, keys, values, *, scale):
         torch = self._torch

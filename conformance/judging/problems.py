@@ -41,6 +41,7 @@ BUILTIN_PROBLEM_MODULES = (
     "attnspec.conformance.judging.dynamic_attention",
     "attnspec.conformance.judging.heavy_keys",
     "attnspec.conformance.judging.streaming_attention",
+    "attnspec.conformance.judging.sdpa",
 )
 PROBLEM_ENTRY_POINT_GROUP = "attnspec.problems"
 

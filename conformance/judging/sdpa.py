@@ -25,15 +25,17 @@ there is an error and anything else a fail.
 
 Tolerance of row (b, h, i) with visible set V ≠ ∅: the softmax precision model
 (:func:`attnspec.conformance.judging.precision_model.softmax_tolerance`) of the one-row view
-q = q_{b,h,i}, K = K_V, V = V_V (n replaced by |V|); with a bias, the bias is one more logit term:
-q' = [q, 1], k'_j = [k_j, β_j / s] (rounded away from 0), so s⟨q', k'_j⟩ = ℓ_j and every magnitude
-the model reads (P_i, S_i, R_i) is at least the kernel's (derived here, ``docs/sdpa.md``). Long rows
+q = q_{b,h,i}, K = K_V, V = V_V (n replaced by |V|: row 0 of the square instance whose every query is q); with a bias, the bias is one more logit term:
+q' = [q, 1], k'_j = [k_j, β_j / s] (rounded away from 0), so s⟨q', k'_j⟩ = ℓ_j up to δ ≤ 2^-51·max|β| (added as (e^{2δ} − 1)·‖v‖∞) and every magnitude the
+model reads (P_i, S_i, R_i) is at least the kernel's (derived here, ``docs/sdpa.md``). Long rows
 are judged on a deterministic subset of rows (:func:`certified_rows`).
 """
 
 from __future__ import annotations
 
 import copy
+import inspect
+import math
 import weakref
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -54,7 +56,7 @@ VARIANTS = ("batch", "cross", "gqa", "mqa", "causal_top_left", "causal_bottom_ri
 ALWAYS_SUPPORTED = frozenset({"batch"})
 FULLY_MASKED_CONVENTIONS = ("zero", "nan", "uniform")
 # A case certifies every row when B·Hq·m·n is at most this; otherwise ROW_BUDGET chosen rows.
-FULL_ROWS_WORK = 1 << 15
+FULL_ROWS_WORK = 1 << 14
 ROW_BUDGET = 12
 
 
@@ -63,7 +65,6 @@ class Case(ConformanceCase):
     """One SDPA case; ``rows`` (flat row indices) overrides :func:`certified_rows` for this case."""
 
     problem: str = PROBLEM
-    rows: np.ndarray | None = field(default=None)
 
 
 def validate_variants(value: Any) -> dict[str, Any]:
@@ -127,16 +128,12 @@ def case_rows(case: Any) -> np.ndarray:
 # Tolerance: the softmax precision model on a one-row view
 
 
-class _RowView(SoftmaxAttentionInstance):
-    """A one-query softmax instance whose n is its number of keys (the visible set of one row)."""
+def _accepts_rows(fn: Callable) -> bool:
+    """Whether a precision-model function takes ``rows=`` (O(|rows|·n·d) evaluation)."""
+    return "rows" in inspect.signature(fn).parameters
 
-    @property
-    def n(self) -> int:
-        return int(self.k.shape[0])
 
-    @property
-    def output_shape(self) -> tuple[int, int]:
-        return (1, int(self.v.shape[1]))
+_ROW0 = np.zeros(1, dtype=np.int64)
 
 
 def _away_from_zero(x: np.ndarray) -> np.ndarray:
@@ -144,11 +141,13 @@ def _away_from_zero(x: np.ndarray) -> np.ndarray:
 
 
 def row_view(inst: SdpaInstance, r: int) -> SoftmaxAttentionInstance | None:
-    """The softmax instance whose precision-model tolerance bounds row r's (None: fully masked).
+    """The square softmax instance whose row-0 precision-model tolerance bounds row r's (None: fully
+    masked): every query row is q, the keys and values are the visible ones.
 
     No bias: q (1×d), K_V, V_V in the case dtype, the instance's scale. With a bias: float64
     q' = [q, 1], k'_j = [k_j, β_j/s] (rounded away from 0; s = 0: scale 1, q' = [0, 1], k'_j = [k_j, β_j]),
-    so s·⟨q', k'_j⟩ = ℓ_j and every magnitude the model reads is an upper bound (derived here)."""
+    so s·⟨q', k'_j⟩ = ℓ_j up to :func:`bias_view_perturbation` and every magnitude the model reads is
+    an upper bound (derived here)."""
     b, h, i = inst.row_coords(r)
     vis = inst.visible_block(b, h, i, i + 1, 0, inst.n)[0]
     if not vis.any():
@@ -159,7 +158,7 @@ def row_view(inst: SdpaInstance, r: int) -> SoftmaxAttentionInstance | None:
     v = inst.v[b, kvh][vis]
     scale = inst.scale
     if inst.bias is not None:
-        beta = inst.bias_block(b, h, i, i + 1, 0, inst.n)[0][vis]
+        beta = _bias_row(inst, b, h, i)[vis]
         q64 = q.astype(np.float64)
         if scale == 0:
             q64 = np.zeros_like(q64)
@@ -171,21 +170,53 @@ def row_view(inst: SdpaInstance, r: int) -> SoftmaxAttentionInstance | None:
         q = np.hstack([q64, np.ones((1, 1))])
         k = np.hstack([k.astype(np.float64), col[:, None]])
         v = v.astype(np.float64)
-    return _RowView(q=q, k=k, v=v, scale=scale)
+    # A square softmax instance (every query row is q): its row 0 has exactly this row's keys and values.
+    return SoftmaxAttentionInstance(q=np.broadcast_to(q, (k.shape[0], q.shape[1])), k=k, v=v, scale=scale)
+
+
+def _bias_row(inst: SdpaInstance, b: int, h: int, i: int) -> np.ndarray:
+    block = inst.bias_block(b, h, i, i + 1, 0, inst.n)
+    assert block is not None  # callers check inst.bias first
+    return block[0]
+
+
+def bias_view_perturbation(inst: SdpaInstance, r: int) -> float:
+    """δ_r ≥ max_j |s·k'_{j,d+1} − β_j| over row r's visible keys: the view's extra key column
+    fl(β_j/s) moved one ulp away from 0 is within 2 ulps (≤ 2^-51 relative) of β_j/s, so
+    δ ≤ 2^-51·max_j|β_j| (0 without a bias or with s = 0, where the view is exact; derived here)."""
+    if inst.bias is None or inst.scale == 0:
+        return 0.0
+    b, h, i = inst.row_coords(r)
+    vis = inst.visible_block(b, h, i, i + 1, 0, inst.n)[0]
+    beta = _bias_row(inst, b, h, i)[vis]
+    return float(np.abs(beta).max(initial=0.0)) * 2.0**-51 * (1 + 2.0**-50)
 
 
 def precision_rows_tolerance(inst: SdpaInstance, rows: np.ndarray, model: Any) -> tuple[np.ndarray, str | None]:
-    """(τ of shape (len(rows), dv), the first overflow reason or None) under ``model``. A fully masked
-    row gets τ = 0 (its answer is the exact 0)."""
+    """(τ of shape (len(rows), dv), the first overflow reason or None) under ``model``.
+
+    τ_r = τ_model(view_r) + (e^{2δ_r} − 1)·‖v_{:,l}‖∞: the model bounds the kernel against the view's
+    exact answer (the kernel's logits are within the view's logit error of the view's logits, since
+    s·P' ≥ s·Σ_t|q_t k_jt| + |β_j|); the view's logits differ from ℓ_j by at most δ_r
+    (:func:`bias_view_perturbation`), which moves each weight by a factor in [e^{−2δ}, e^{2δ}] and so the
+    exact output by at most (e^{2δ} − 1)·max_j|v_jl| (derived here). A fully masked row gets τ = 0 (its
+    answer is the exact 0)."""
     tol = np.zeros((len(rows), inst.dv))
     for pos, r in enumerate(np.asarray(rows).tolist()):
         view = row_view(inst, r)
         if view is None:
             continue
-        why = overflow_reason(view, model)
+        why = overflow_reason(view, model, rows=_ROW0) if _accepts_rows(overflow_reason) else overflow_reason(view, model)
         if why is not None:
             return tol, f"row {list(inst.row_coords(r))}: {why}"
-        tol[pos] = softmax_tolerance(view, model)[0]
+        if _accepts_rows(softmax_tolerance):
+            tol[pos] = softmax_tolerance(view, model, rows=_ROW0)[0]
+        else:  # the whole square view (O(|V|²·d)): only until the row-restricted model is installed
+            tol[pos] = softmax_tolerance(view, model)[0]
+        delta = bias_view_perturbation(inst, r)
+        if delta:
+            col_norm = np.abs(view.v.astype(np.float64)).max(axis=0)
+            tol[pos] += math.expm1(2 * delta) * (1 + 2.0**-50) * col_norm
     return tol, None
 
 
@@ -196,6 +227,13 @@ def precision_rows_tolerance(inst: SdpaInstance, rows: np.ndarray, model: Any) -
 def _qkv(rng, b, hq, hkv, m, n, d, dv, bound=1.0):
     return (rng.uniform(-bound, bound, (b, hq, m, d)), rng.uniform(-bound, bound, (b, hkv, n, d)),
             rng.uniform(-bound, bound, (b, hkv, n, dv)))
+
+
+def family_multihead(rng, count, big):
+    """No mask, m = n, Hq = Hkv: plain multi-head attention (B = H = 1 is softmax_attention's case)."""
+    for t in range(count):
+        b, h, n = [(1, 1, 12), (2, 3, 9), (3, 2, 17)][t % 3]
+        yield (*_qkv(rng, b, h, h, n, n, 5, 4, 1.5), {})
 
 
 def family_decode(rng, count, big):
@@ -328,6 +366,7 @@ def family_long_rows(rng, count, big):
 
 
 FAMILIES: dict[str, Callable] = {
+    "multihead": family_multihead,
     "decode": family_decode,
     "cross": family_cross,
     "gqa": family_gqa,
@@ -343,9 +382,9 @@ FAMILIES: dict[str, Callable] = {
     "long_rows": family_long_rows,
 }
 COUNTS = {
-    "quick": {"decode": 2, "cross": 3, "gqa": 2, "mqa": 1, "causal_top_left": 4, "causal_bottom_right": 4, "window": 6,
+    "quick": {"multihead": 2, "decode": 2, "cross": 3, "gqa": 2, "mqa": 1, "causal_top_left": 4, "causal_bottom_right": 4, "window": 6,
               "bool_mask": 4, "bias": 3, "fully_masked": 4, "batch": 2, "large_logits": 2, "long_rows": 2},
-    "thorough": {"decode": 8, "cross": 10, "gqa": 8, "mqa": 4, "causal_top_left": 8, "causal_bottom_right": 8, "window": 12,
+    "thorough": {"multihead": 6, "decode": 8, "cross": 10, "gqa": 8, "mqa": 4, "causal_top_left": 8, "causal_bottom_right": 8, "window": 12,
                  "bool_mask": 12, "bias": 9, "fully_masked": 8, "batch": 6, "large_logits": 6, "long_rows": 4},
 }
 PROFILES = ("quick", "thorough")
@@ -503,8 +542,10 @@ class Sdpa(Problem):
         return out
 
     def instance_params(self, inst: SdpaInstance) -> dict[str, Any]:
-        return {"scale": str(inst.scale), "causal": inst.causal,
-                "window": None if inst.window is None else list(inst.window), "window_alignment": inst.window_alignment}
+        """Scalars only (the case-file schema): the window as its two sides (both None: no window)."""
+        left, right = (None, None) if inst.window is None else inst.window
+        return {"scale": str(inst.scale), "causal": inst.causal, "window_left": left, "window_right": right,
+                "window_alignment": inst.window_alignment}
 
     def instance_from_files(self, arrays: dict[str, np.ndarray], params: dict[str, Any]) -> SdpaInstance:
         mask = arrays.get("attn_mask")
@@ -512,9 +553,9 @@ class Sdpa(Problem):
             if not np.isin(mask, (0, 1)).all():
                 raise ValueError("sdpa case file: attn_mask must hold only 0 and 1")
             mask = mask.astype(bool)
-        window = params.get("window")
+        window = (params.get("window_left"), params.get("window_right"))
         return make_instance(arrays["q"], arrays["k"], arrays["v"], scale=fraction_or_none(params["scale"]),
-                             causal=params.get("causal"), window=None if window is None else tuple(window),
+                             causal=params.get("causal"), window=window,
                              window_alignment=params.get("window_alignment"), attn_mask=mask, bias=arrays.get("bias"))
 
 
