@@ -27,6 +27,7 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.heavy_keys",
     "attnspec.bench.distributed",
     "attnspec.bench.streaming_attention",
+    "attnspec.bench.judge",
 ]
 
 

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("conform", help="run the conformance suite on a backend")
     p.add_argument("--backend", required=True, help="built-in name (see `attnspec backends`), module:attr or file.py:attr")
     p.add_argument("--profile", choices=["quick", "thorough"], default="quick")
-    p.add_argument("--dtype", action="append", choices=["float64", "float32", "float16"], help="repeatable; default: the backend's declared dtypes")
+    p.add_argument("--dtype", action="append", choices=["float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"], help="repeatable; default: the backend's declared dtypes")
     p.add_argument("--problem", action="append", choices=problem_names(),
                    help="repeatable; restrict to these problems (default: all the backend declares)")
     p.add_argument("--case", action="append", metavar="ID", help="repeatable; only cases whose id is ID or matches the glob ID")

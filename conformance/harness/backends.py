@@ -38,6 +38,9 @@ BUILTIN_BACKENDS = {
     "cupy": "attnspec.conformance.harness.builtin_backends:cupy_backend",
     "torch": "attnspec.conformance.harness.builtin_backends:torch_backend",
     "poly": "attnspec.conformance.harness.builtin_backends:poly_backend",
+    "fa2-emulation-bf16": "attnspec.conformance.harness.flash_backends:fa2_emulation_bf16",
+    "fa2-emulation-fp16": "attnspec.conformance.harness.flash_backends:fa2_emulation_fp16",
+    "fa2-emulation-fp8": "attnspec.conformance.harness.flash_backends:fa2_emulation_fp8",
 }
 
 

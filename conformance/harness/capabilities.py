@@ -17,8 +17,9 @@ from fractions import Fraction
 from typing import Any
 
 from attnspec.conformance.judging.precision_model import UNIT_ROUNDOFF, PrecisionModel
+from attnspec.conformance.judging.stage_precision import STAGE_MODEL_FIELDS, StagePrecisionModel, stage_model_from_mapping
 
-KNOWN_DTYPES = ("float64", "float32", "float16", "bfloat16")
+KNOWN_DTYPES = ("float64", "float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 
 class CapabilityError(ValueError):
@@ -30,12 +31,15 @@ class Capabilities:
     """What a backend promises.
 
     ``problems``     problem names it implements (default: those whose method it has);
-    ``dtypes``       input dtypes it accepts ("float64", "float32", "float16", "bfloat16");
+    ``dtypes``       input dtypes it accepts ("float64", "float32", "float16", "bfloat16",
+                     "float8_e4m3fn", "float8_e5m2");
     ``devices``      where it computes ("cpu", "cuda");
     ``max_n``        largest sequence length it accepts (None: any);
     ``max_d``        largest head dimension d it accepts (None: any; the polynomial method's rank
                      binom(d+g, g) limits it to small d);
-    ``precision``    per dtype, the :class:`PrecisionModel` its error is judged by;
+    ``precision``    per dtype, the :class:`PrecisionModel` (one format) or the
+                     :class:`StagePrecisionModel` (one format per stage: a dict with ``"model": "stage"``)
+                     its error is judged by;
     ``contract_eps`` for approximation algorithms: the additive ε_a it claims (contract tolerance);
     ``bound``        the entry bound B under which ``contract_eps`` is claimed;
     ``max_logit_radius`` the largest logit radius R = |s|·d·B^k (k = 2 for softmax attention) for which
@@ -43,6 +47,8 @@ class Capabilities:
     ``deterministic`` whether repeated calls on the same input return identical bits;
     ``heavy_slack``  for heavy_entries / universal_set: the slack s ≥ 0 up to which extra answers are
                      allowed (each reported one must reach ε/(1+s); 0: exactly the ε-heavy ones).
+    ``variants``     per problem, the problem's own declaration (e.g. ``{"sdpa": {"supports": [...],
+                     "fully_masked": "zero"}}``), checked by that problem's ``validate_variants``.
     """
 
     problems: set[str] = field(default_factory=lambda: {"softmax_attention"})
@@ -50,21 +56,23 @@ class Capabilities:
     devices: set[str] = field(default_factory=lambda: {"cpu"})
     max_n: int | None = None
     max_d: int | None = None
-    precision: dict[str, PrecisionModel] = field(default_factory=dict)
+    precision: dict[str, PrecisionModel | StagePrecisionModel] = field(default_factory=dict)
     contract_eps: float | None = None
     bound: float | None = None
     max_logit_radius: float | None = None
     deterministic: bool = False
     heavy_slack: float | Fraction = 0.0  # an int or Fraction stays exact
+    variants: dict[str, Any] = field(default_factory=dict)  # problem -> its own declaration (problem.validate_variants)
 
-    def precision_for(self, dtype: str) -> PrecisionModel:
+    def precision_for(self, dtype: str) -> PrecisionModel | StagePrecisionModel:
         return self.precision.get(dtype, PrecisionModel(fmt=dtype))
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         for key in ("problems", "dtypes", "devices"):
             out[key] = sorted(out[key])
-        out["precision"] = {k: asdict(v) for k, v in self.precision.items()}
+        out["precision"] = {k: {**asdict(v), "model": "stage"} if isinstance(v, StagePrecisionModel) else asdict(v)
+                            for k, v in self.precision.items()}
         return out
 
     @classmethod
@@ -116,11 +124,28 @@ def _positive_real(key: str, value: Any) -> float | Fraction | int | None:
     return value
 
 
-def _model(key: str, value: Any) -> PrecisionModel:
-    """A :class:`PrecisionModel` (or a dict of its fields) with every field checked."""
+def _stage_model(key: str, value: Any) -> StagePrecisionModel:
+    """A :class:`StagePrecisionModel` (or a dict of its fields with ``"model": "stage"``), every field
+    checked by the model itself; its message names the field."""
+    if isinstance(value, StagePrecisionModel):
+        value = {name: getattr(value, name) for name in STAGE_MODEL_FIELDS}
+    try:
+        return stage_model_from_mapping(value)
+    except (TypeError, ValueError) as exc:
+        raise CapabilityError(f"capability {key}: {exc}") from None
+
+
+def _model(key: str, value: Any) -> PrecisionModel | StagePrecisionModel:
+    """A :class:`PrecisionModel` (or a dict of its fields) with every field checked; a
+    :class:`StagePrecisionModel` or a dict with ``"model": "stage"`` is a stage model."""
+    if isinstance(value, StagePrecisionModel) or (isinstance(value, Mapping) and value.get("model") == "stage"):
+        return _stage_model(key, value)
+    if isinstance(value, Mapping) and "model" in value and value["model"] != "single":
+        raise CapabilityError(f"capability {key}.model must be 'stage' or 'single', got {_show(value['model'])}")
     if isinstance(value, PrecisionModel):
         spec = {name: getattr(value, name) for name in _MODEL_FIELDS}
     elif isinstance(value, Mapping):
+        value = {k: v for k, v in value.items() if k != "model"}
         unknown = sorted(str(k) for k in value if k not in _MODEL_FIELDS)
         if unknown:
             raise CapabilityError(f"capability {key} has unknown field(s) {unknown}; known: {', '.join(_MODEL_FIELDS)}")
@@ -177,6 +202,9 @@ def validate_capabilities(declared: Mapping[str, Any], *, default_problems: set[
     if isinstance(slack, bool) or not isinstance(slack, numbers.Real) or not (math.isfinite(float(slack)) and float(slack) >= 0):
         raise CapabilityError(f"capability 'heavy_slack' must be a finite number >= 0, got {_show(slack)}")
     caps.heavy_slack = slack if isinstance(slack, (int, Fraction)) else float(slack)
+    variants = declared.get("variants")
+    if variants is not None:
+        caps.variants = _variants(variants)
     precision = declared.get("precision")
     if precision is not None:
         if not isinstance(precision, Mapping):
@@ -186,6 +214,24 @@ def validate_capabilities(declared: Mapping[str, Any], *, default_problems: set[
                 raise CapabilityError(f"capability 'precision' has unknown dtype key {_show(dtype)}; known: {', '.join(KNOWN_DTYPES)}")
             caps.precision[dtype] = _model(f"precision[{dtype!r}]", model)
     return caps
+
+
+def _variants(value: Any) -> dict[str, Any]:
+    """``variants``: problem name -> that problem's declaration, checked by its ``validate_variants``."""
+    from attnspec.conformance.judging.problems import get_problem
+
+    if not isinstance(value, Mapping):
+        raise CapabilityError(f"capability 'variants' must be a dict of problem -> declaration, got {_show(value)}")
+    out: dict[str, Any] = {}
+    for name, entry in value.items():
+        try:
+            check = getattr(get_problem(name), "validate_variants", None)
+            if check is None:
+                raise ValueError(f"problem {name!r} takes no variants declaration")
+            out[str(name)] = check(entry)
+        except ValueError as exc:
+            raise CapabilityError(f"capability 'variants': {exc}") from None
+    return out
 
 
 def declared_mapping(declared: Any) -> Mapping[str, Any]:
