@@ -12,11 +12,13 @@ Method (derived here; full analysis in docs/fast-engine.md). For an output row i
 2. Shift m_i (any float: it cancels in D⁻¹A). m_i = 0 when Λ_i ≤ 300, Λ_i an upper bound of
    max_j |q'_i·k_j|; otherwise (and always when a ``logit_offset`` is given) m_i = the float row
    maximum of a first GEMM pass.
-3. Logits: x̃_ij = fl([q'_i, −m_i]·[k_j, 1]) by BLAS (+ fl(· + offset_ij)). With P_i ≥ max_j |q_i|·|k_j|
-   (min of Cauchy–Schwarz ‖q_i‖₂·max‖k_j‖₂ and Hölder Σ_t|q_it|·max_j|k_jt|, computed upwards):
+3. Logits: x̃_ij = fl(fl(q'_i·k_j) − m_i) by BLAS and one subtraction (+ fl(· + offset_ij)). With
+   P_i ≥ max_j |q_i|·|k_j| (min of Cauchy–Schwarz ‖q_i‖₂·max‖k_j‖₂ and Hölder Σ_t|q_it|·max_j|k_jt|,
+   computed upwards):
 
-       |x̃_ij − x_ij| ≤ r_i = γ_{d+1}((1+u)|s̃|P_i + |m_i| + ηK₁/2) + (u|s̃| + s_rad)P_i + ηK₁ + 2(d+1)η
-                              [+ u(Λ_i + |m_i| + OFF_i + 1) with offsets],  K₁ ≥ max_j ‖k_j‖₁.
+       |x̃_ij − x_ij| ≤ r_i = γ_{d+1}((1+u)|s̃|P_i + ηK₁/2) + (u|s̃| + s_rad)P_i + ηK₁ + 2(d+1)η
+                              + u(Λ_i + |m_i| + 1)·[m_i ≠ 0]
+                              [+ u(Λ_i + |m_i| + OFF_i + 2) with offsets],  K₁ ≥ max_j ‖k_j‖₁.
 
    Rows with r_i ≥ 1/2 (or any non-finite quantity) are left unbounded (±∞).
 4. Weights w̃_ij = exp_inplace(x̃_ij) (reference/fast_float64.py): |w̃ − e^{x̃}| ≤ ε·e^{x̃} + τ₀, so the
@@ -27,6 +29,9 @@ Method (derived here; full analysis in docs/fast-engine.md). For an output row i
    length n along a summation tree with at most T = C + ⌈n/C⌉ roundings per path, so (lemma of
    fast_float64.dot_error_bound) with g = γ_T: A ≤ (Ã + nη)/(1 − g), |Ñ − N| ≤ g·A + nη,
    D ≤ (D̃ + nη)/(1 − g), |D̃ − D| ≤ g·D + nη (N, A, D: the exact sums of the computed weights).
+   The values are first centred (``fast_softmax_bounds``): ṽ = fl(v − c), c the column mid-range, so
+   A and the error terms below scale with the spread |v − c|; Att(V) = Att(V − c) + c exactly, and the
+   rounding of ṽ joins as a relative value error ν = u/(1 − u).
 6. Output õ = fl(Ñ/D̃) and, since o − õ = Σ_j w_j(v_j − õ)/Σ_j w_j,
 
        |o − õ| ≤ [g·A + nη + |õ|(g·D + nη) + D̃(2u|õ| + η) + ρ(A + |õ|D) + nτ(‖v‖∞ + |õ|)] / D_lo,
@@ -173,50 +178,88 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
         ms = xp.abs(shift)
         g1 = ff.gamma_up(d + 1)
         k1 = key_bounds["l1max"]
-        r = ff.mul_up(xp, g1, ff.add_up(xp, ff.add_up(xp, ff.mul_up(xp, ff.mul_up(xp, s_abs, 1 + u), p), ms), 0.5 * eta * k1))
+        # The shift is subtracted after the GEMM (x̃ = fl(fl(q'·k) − m)), not folded into it: the
+        # subtraction costs u·|fl(q'·k) − m| ≤ u(Λ + |m| + 1) (|fl(q'·k)| ≤ Λ + r ≤ Λ + ½), where a
+        # GEMM column −m would cost γ_{d+1}·|m|, about d times more on rows with large logits.
+        r = ff.mul_up(xp, g1, ff.add_up(xp, ff.mul_up(xp, ff.mul_up(xp, s_abs, 1 + u), p), 0.5 * eta * k1))
         r = ff.add_up(xp, r, ff.mul_up(xp, ff.add_up(xp, u * s_abs, s_rad), p))
         r = ff.add_up(xp, r, ff.add_up(xp, eta * k1, 2 * (d + 1) * eta))
+        r = ff.add_up(xp, r, xp.where(ms > 0, ff.mul_up(xp, u, ff.add_up(xp, ff.add_up(xp, lam, ms), 1.0)), 0.0))
         if logit_offset is not None:
-            r = ff.add_up(xp, r, ff.mul_up(xp, u, ff.add_up(xp, ff.add_up(xp, lam, ms), ff.add_up(xp, off_max, 1.0))))
+            r = ff.add_up(xp, r, ff.mul_up(xp, u, ff.add_up(xp, ff.add_up(xp, lam, ms), ff.add_up(xp, off_max, 2.0))))
         if extra_logit_err is not None:
             r = ff.add_up(xp, r, extra_logit_err)
         ok = xp.isfinite(r) & (r < R_CAP) & xp.isfinite(lam) & (lam <= 1e300) & ~all_masked
         qa = xp.empty((m, d + 1))
         qa[:, :d] = xp.where(ok[:, None], qp, 0.0)
-        qa[:, d] = xp.where(ok, -shift, 0.0)
+        qa[:, d] = 0.0  # the ones column of k_aug contributes an exact 0
+        qa_abs = xp.abs(qa)
+        shift_ok = xp.where(ok, shift, 0.0)
+        # Per-entry logit error (r above is the row maximum, used for validity and for κ_i below):
+        #   |x̃_ij − x_ij| ≤ (1 + 3u)·t̂_ij + β_i,   t̂_ij = fl(γ'·c_ij) [+ fl(u'·|x̃_ij|) on shifted rows],
+        # c_ij = fl(|q'_i|·|k_j|) (a GEMM of non-negative terms: Σ|q'k| ≤ (c + (d+1)η)/(1 − γ_{d+1})), so the
+        # GEMM error γ_{d+1}Σ|q'k| + (d+1)η ≤ γ'c + 2(d+1)η with γ' = γ_{d+1}/(1 − γ_{d+1}); the shift's
+        # subtraction y = fl(a − m) errs by ≤ u|a − m| ≤ u'|y|, u' = u/(1 − u). β_i: the scale's rounding
+        # and interval, the underflow of q' and of products, offsets, the tensor tuples' rounding, and
+        # η for a t̂ that underflows. (Derived here.)
+        gamma_c = float(np.nextafter(g1 / (1.0 - g1), np.inf))
+        u_sub = float(np.nextafter(u / (1.0 - u), np.inf))
+        per_entry_sub = logit_offset is None
+        sub_rate = xp.where(shift_ok != 0, u_sub, 0.0) if per_entry_sub else xp.zeros(m)
+        lbeta = ff.add_up(xp, ff.mul_up(xp, ff.add_up(xp, u * s_abs, s_rad), p), ff.add_up(xp, eta * k1, 5 * (d + 1) * eta))
+        if logit_offset is not None:
+            lbeta = ff.add_up(xp, lbeta, xp.where(ms > 0, ff.mul_up(xp, u, ff.add_up(xp, ff.add_up(xp, lam, ms), 1.0)), 0.0))
+            lbeta = ff.add_up(xp, lbeta, ff.mul_up(xp, u, ff.add_up(xp, ff.add_up(xp, lam, ms), ff.add_up(xp, off_max, 2.0))))
+        if extra_logit_err is not None:
+            lbeta = ff.add_up(xp, lbeta, extra_logit_err)
         eps = ff.LIBM_EXP_REL_ERR if trust_libm_exp else ff.EXP_REL_ERR
         exp_fn = ff.exp_libm_inplace if trust_libm_exp else ff.exp_inplace
         acc = xp.zeros((m, 2 * dv + 1))
+        acc_t = xp.zeros((m, dv + 1))  # Σ_j w̃_j t̂_ij·[|ṽ_j| | 1]
         kbs = list(_blocks(n_keys, key_block))
         nkb = len(kbs)
         rbs = list(_blocks(m, row_block))
         local = threading.local()
 
-        def tile(r0: int, r1: int, c0: int, c1: int, k_t: Any, v_aug: Any) -> None:
+        def tile(r0: int, r1: int, c0: int, c1: int, k_t: Any, kabs_t: Any, v_aug: Any, vabs_aug: Any) -> None:
             # one row block against one key block; row blocks are disjoint, so tiles of one key block
             # may run concurrently (each thread keeps its own buffers)
             bufs = local.__dict__.setdefault("bufs", {})
             shape = (r1 - r0, c1 - c0)
             if shape not in bufs:
-                bufs[shape] = tuple(xp.empty(shape) for _ in range(4))
-            x, t1, t2, t3 = bufs[shape]
+                bufs[shape] = tuple(xp.empty(shape) for _ in range(5))
+            x, t1, t2, t3, te = bufs[shape]
             xp.matmul(qa[r0:r1], k_t, out=x)
+            xp.matmul(qa_abs[r0:r1], kabs_t, out=te)
+            xp.multiply(te, gamma_c, out=te)  # t̂ = fl(γ'·c)
+            sh = shift_ok[r0:r1]
+            if bool((sh != 0).any()):
+                xp.subtract(x, sh[:, None], out=x)
+                if per_entry_sub:
+                    xp.abs(x, out=t1)
+                    xp.multiply(t1, sub_rate[r0:r1, None], out=t1)
+                    xp.add(te, t1, out=te)  # + fl(u'·|x̃|)
             if logit_offset is not None:
                 off = logit_offset(r0, r1, c0, c1)
                 if off is not None:
                     xp.add(x, xp.asarray(off, dtype=xp.float64), out=x)
             w = exp_fn(x, (t1, t2, t3), xp)
             acc[r0:r1] += w @ v_aug
+            xp.multiply(te, w, out=te)
+            acc_t[r0:r1] += te @ vabs_aug
 
         with _deterministic_blas(xp) as pool:
             for c0, c1 in kbs:
                 k_aug, v_aug = key_blocks(c0, c1)
                 k_t = k_aug.T
+                kabs_t = xp.abs(k_aug).T
+                vabs_aug = xp.ascontiguousarray(v_aug[:, dv:])  # [|ṽ| | 1]
+                args = (c0, c1, k_t, kabs_t, v_aug, vabs_aug)
                 if pool is None or len(rbs) < 2:
                     for r0, r1 in rbs:
-                        tile(r0, r1, c0, c1, k_t, v_aug)
+                        tile(r0, r1, *args)
                 else:
-                    for f in [pool.submit(tile, r0, r1, c0, c1, k_t, v_aug) for r0, r1 in rbs]:
+                    for f in [pool.submit(tile, r0, r1, *args) for r0, r1 in rbs]:
                         f.result()
         # --- error bounds (directed operations on O(m·dv) arrays) ---
         num, aab, den = acc[:, :dv], acc[:, dv:2 * dv], acc[:, 2 * dv:2 * dv + 1]
@@ -236,7 +279,26 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
         e = ff.add_up(xp, ff.mul_up(xp, g, a_up), neta)
         e = ff.add_up(xp, e, ff.mul_up(xp, oa, beta))
         e = ff.add_up(xp, e, ff.mul_up(xp, den, ff.add_up(xp, ff.mul_up(xp, 2 * u, oa), eta)))
-        e = ff.add_up(xp, e, ff.mul_up(xp, rho, ff.add_up(xp, a_up, ff.mul_up(xp, oa, d_up))))
+        # Σ_j |w_j − w̃_j|(|ṽ_j| + |õ|) with |w − w̃| ≤ w̃(κ_i e_ij + ε'') + τ, κ_i = 1/((1 − r_i)(1 − ε)),
+        # ε'' = ε/(1 − ε), e_ij ≤ (1 + 3u)t̂_ij + β_i (e^e − 1 ≤ e/(1 − e), e_ij ≤ r_i; derived here).
+        # G = the exact Σ_j w̃_j t̂_ij[|ṽ_j| | 1]: ≤ ((acc_t + nη)/(1 − g) + nη·[‖ṽ‖∞ | 1]/2)/(1 − u).
+        one_minus_eps = float(np.nextafter(1.0 - eps, 0.0))
+        kappa_den = xp.nextafter(ff.sub_down(xp, 1.0, r) * one_minus_eps, 0.0)  # ≤ (1 − r_i)(1 − ε)
+        kappa = ff.div_up(xp, 1.0, kappa_den)[:, None]
+        eps2 = float(np.nextafter(eps / (1.0 - eps), np.inf))
+        one_3u = 1.0 + 4 * u
+        ga = ff.div_up(xp, ff.add_up(xp, ff.div_up(xp, ff.add_up(xp, acc_t[:, :dv], neta), one_minus_g),
+                                     0.5 * neta * key_bounds["vabsmax"][None, :]), 1.0 - u) * one_3u
+        gd = ff.div_up(xp, ff.add_up(xp, ff.div_up(xp, ff.add_up(xp, acc_t[:, dv:dv + 1], neta), one_minus_g), 0.5 * neta),
+                       1.0 - u) * one_3u
+        ga = xp.nextafter(ga, xp.inf)
+        gd = xp.nextafter(gd, xp.inf)
+        lb = lbeta[:, None]
+        w_err_den = ff.add_up(xp, ff.mul_up(xp, kappa, ff.add_up(xp, gd, ff.mul_up(xp, lb, d_up))), ff.mul_up(xp, eps2, d_up))
+        w_err_num = ff.mul_up(xp, kappa, ff.add_up(xp, ff.add_up(xp, ga, ff.mul_up(xp, lb, a_up)),
+                                                   ff.mul_up(xp, oa, ff.add_up(xp, gd, ff.mul_up(xp, lb, d_up)))))
+        w_err_num = ff.add_up(xp, w_err_num, ff.mul_up(xp, eps2, ff.add_up(xp, a_up, ff.mul_up(xp, oa, d_up))))
+        e = ff.add_up(xp, e, w_err_num)
         e = ff.add_up(xp, e, ff.mul_up(xp, ntau, ff.add_up(xp, key_bounds["vabsmax"][None, :], oa)))
         if value_rel_err or value_abs_err:
             # exact values v = ṽ + e with |e| ≤ ν|ṽ| + e_v: Σ w|e| ≤ ν((1+ρ)A + nτ‖ṽ‖∞) + e_v((1+ρ)D + nτ)
@@ -244,14 +306,17 @@ def softmax_core(q: Any, n_keys: int, d: int, dv: int, key_blocks: KeyBlocks, *,
             ev = ff.mul_up(xp, value_rel_err, ff.add_up(xp, ff.mul_up(xp, one_rho, a_up), ff.mul_up(xp, ntau, key_bounds["vabsmax"][None, :])))
             ev = ff.add_up(xp, ev, ff.mul_up(xp, value_abs_err, ff.add_up(xp, ff.mul_up(xp, one_rho, d_up), ntau)))
             e = ff.add_up(xp, e, ev)
-        sub = ff.add_up(xp, ff.add_up(xp, beta, ff.mul_up(xp, rho, den)), ntau)
+        sub = ff.add_up(xp, ff.add_up(xp, beta, w_err_den), ntau)
         d_lo = ff.sub_down(xp, den, sub)
         err = ff.div_up(xp, e, d_lo)
         lo = ff.sub_down(xp, o, err)
         hi = ff.add_up(xp, o, err)
         good = ok[:, None] & (d_lo > 0) & xp.isfinite(lo) & xp.isfinite(hi)
-        lo = xp.where(good, xp.maximum(lo, key_bounds["vmin"][None, :]), -xp.inf)
-        hi = xp.where(good, xp.minimum(hi, key_bounds["vmax"][None, :]), xp.inf)
+        # Clamped to the convex hull widened by one ulp: an Arb ball of the exact output (whose midpoint
+        # may sit a hair outside the hull when the output is a hull point, e.g. n = 1) keeps its midpoint
+        # inside these bounds.
+        lo = xp.where(good, xp.maximum(lo, xp.nextafter(key_bounds["vmin"], -xp.inf)[None, :]), -xp.inf)
+        hi = xp.where(good, xp.minimum(hi, xp.nextafter(key_bounds["vmax"], xp.inf)[None, :]), xp.inf)
         lo = xp.where(all_masked[:, None], 0.0, lo)
         hi = xp.where(all_masked[:, None], 0.0, hi)
     return lo, hi
@@ -378,11 +443,38 @@ def fast_softmax_bounds(q: Any, k: Any, v: Any, *, scale_lo: float, scale_hi: fl
         q = q[xp.asarray(_check_rows(rows, q.shape[0]))]
     n, d = k.shape
     dv = v.shape[1]
+    with np.errstate(over="ignore", invalid="ignore", under="ignore"):
+        # Centre each value column at its mid-range c (any float will do): Att(Q,K,V) = Att(Q,K,V − c) + c
+        # exactly, since each row's weights sum to 1. The error terms then scale with |v − c| (the spread a
+        # weight error can move), not with |v| (a common offset, which only costs the final addition).
+        # ṽ = fl(v − c) = (v − c)(1 + δ), |δ| ≤ u, so |(v − c) − ṽ| ≤ ν|ṽ| with ν = u/(1 − u) (derived here).
+        vmin, vmax = v.min(axis=0), v.max(axis=0)
+        c = vmin / 2 + vmax / 2
+        # Only where it clearly pays (a column with a common offset): for zero-mean data the mid-range is
+        # noise and |v − c| is no smaller than |v|.
+        c = xp.where(xp.abs(v - c[None, :]).sum(axis=0) < xp.abs(v).sum(axis=0), c, 0.0)
+        if logit_offset is not None or not bool(xp.isfinite(c).all()):
+            # No centring with offsets (an all-masked row's output is 0, not c) or with |v| near the
+            # float64 maximum (v − c could overflow).
+            c = xp.zeros_like(c)
+        vt = v - c[None, :]
+        nu = float(np.nextafter(ff.U / (1 - ff.U), np.inf)) if bool((c != 0).any()) else 0.0
     k_aug = xp.concatenate([k, xp.ones((n, 1))], axis=1)
-    v_aug = xp.concatenate([v, xp.abs(v), xp.ones((n, 1))], axis=1)
-    return softmax_core(q, n, d, dv, lambda c0, c1: (k_aug[c0:c1], v_aug[c0:c1]), key_bounds=key_bounds_of(xp, k, v),
-                        scale_lo=float(scale_lo), scale_hi=float(scale_hi), logit_offset=logit_offset, xp=xp,
-                        row_block=row_block, key_block=key_block, trust_libm_exp=trust_libm_exp)
+    v_aug = xp.concatenate([vt, xp.abs(vt), xp.ones((n, 1))], axis=1)
+    bounds = key_bounds_of(xp, k, vt)
+    bounds["vmin"] = ff.sub_down(xp, vmin, c)  # bounds of the *exact* v − c (vmin − c ≤ v − c ≤ vmax − c)
+    bounds["vmax"] = ff.sub_up(xp, vmax, c)
+    lo, hi = softmax_core(q, n, d, dv, lambda c0, c1: (k_aug[c0:c1], v_aug[c0:c1]), key_bounds=bounds,
+                          scale_lo=float(scale_lo), scale_hi=float(scale_hi), logit_offset=logit_offset, xp=xp,
+                          row_block=row_block, key_block=key_block, trust_libm_exp=trust_libm_exp,
+                          value_rel_err=nu)
+    if not bool((c != 0).any()):
+        return lo, hi
+    with np.errstate(over="ignore", invalid="ignore"):
+        bounded = xp.isfinite(lo) & xp.isfinite(hi)  # an unbounded entry stays unbounded (left to Arb)
+        hull_lo, hull_hi = xp.nextafter(vmin, -xp.inf), xp.nextafter(vmax, xp.inf)  # as in softmax_core
+        return (xp.where(bounded, xp.maximum(ff.sub_down(xp, lo, -c[None, :]), hull_lo[None, :]), -xp.inf),
+                xp.where(bounded, xp.minimum(ff.sub_up(xp, hi, -c[None, :]), hull_hi[None, :]), xp.inf))
 
 
 def _check_rows(rows: Any, m: int) -> np.ndarray:
