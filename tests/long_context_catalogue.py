@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 Q_CHUNK = 512
-LONG_FAMILIES = ("tile_edges", "late_max", "long_rows")
+LONG_FAMILIES = ("tile_edges", "late_max", "long_rows", "exp_probe")
 
 
 def _exp_in(fmt: np.dtype) -> Callable[[np.ndarray], np.ndarray]:
@@ -303,8 +303,7 @@ class Exp40Ulps(_Kernel):
     """float64 kernel whose exp is up to 40 ulps off (error varying with the reduced argument)."""
 
     kwargs = {"exp": _exp_ulps_off(np.float64, 40)}
-    families = ("tile_edges", "late_max", "long_rows")
-    needs = ("tight",)
+    families = ("exp_probe",)
 
 
 class Exp40UlpsFloat32(Exp40Ulps):

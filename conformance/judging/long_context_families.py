@@ -229,14 +229,41 @@ def family_long_rows(rng, count, big):
         yield _yield(q, k, v, scale, rows)
 
 
+# Reduced-argument fractions f of the exp probes: x = −(m + f)·ln 2 puts the reduced argument of a
+# Cody–Waite range reduction (x = k·ln 2 + r) at r = 0, ±ln2/4, ±ln2/2 (just inside either end), where
+# a polynomial's error is zero or largest.
+EXP_PROBE_FRACTIONS = (1e-6, 0.25, 0.5, 0.75, 1 - 1e-6)
+EXP_PROBE_OCTAVES = (0, 1, 3, 7)
+
+
+def family_exp_probe(rng, count, big):
+    """Two keys, d = 1, s = 1: K = [0, −δ]ᵀ, Q = [1, −1]ᵀ, so row 0 has logits (0, −δ) and row 1 has
+    (0, δ); after the max shift each row evaluates exp(0) and exp(−δ). V = [[1, ¼], [−1, ¾]]: the output
+    moves by p₀p₁·(θ₀ − θ₁)·(v₀ − v₁) for weight errors θ (derived here), the largest possible share of an
+    exp error, while the model's τ stays a few u·|v₀ − v₁| (n = 2: one rescale, no long sums). δ walks
+    the octaves m ∈ {0, 1, 3, 7} and reduced-argument fractions f (``EXP_PROBE_FRACTIONS``):
+    δ = (m + f)·ln 2. An exp whose error varies with the reduced argument by tens of ulps shows here;
+    one whose error is the same factor everywhere cancels (and does not change any output)."""
+    grid = [(m, f) for m in EXP_PROBE_OCTAVES for f in EXP_PROBE_FRACTIONS]
+    for i in range(count):
+        m, f = grid[(i * 7) % len(grid)] if not big else grid[i % len(grid)]
+        delta = (m + f) * float(np.log(2.0))
+        q = np.array([[1.0], [-1.0]])
+        k = np.array([[0.0], [-delta]])
+        v = np.array([[1.0, 0.25], [-1.0, 0.75]])
+        yield _yield(q, k, v, Fraction(1), None)
+
+
 SOFTMAX_FAMILIES = {
     "tile_edges": family_tile_edges,
     "late_max": family_late_max,
     "long_rows": family_long_rows,
+    "exp_probe": family_exp_probe,
 }
 SOFTMAX_COUNTS = {
-    "quick": {"tile_edges": 0, "late_max": 2, "long_rows": 1},
-    "thorough": {"tile_edges": 0, "late_max": 8, "long_rows": 5},
+    "quick": {"tile_edges": 0, "late_max": 2, "long_rows": 1, "exp_probe": 10},
+    "thorough": {"tile_edges": 0, "late_max": 8, "long_rows": 5,
+                 "exp_probe": len(EXP_PROBE_OCTAVES) * len(EXP_PROBE_FRACTIONS)},
 }
 
 
