@@ -28,6 +28,7 @@ BENCH_MODULES: list[str] = [
     "attnspec.bench.distributed",
     "attnspec.bench.streaming_attention",
     "attnspec.bench.judge",
+    "attnspec.bench.tolerance",
 ]
 
 

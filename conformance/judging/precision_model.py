@@ -3,22 +3,21 @@
 The derivation is written out in ``docs/precision-model.md``; this module evaluates it. Summary for
 softmax attention, entry (i, l), arithmetic with unit roundoff u, γ_k = k·u / (1 − k·u):
 
-    P_i  = max_j Σ_t |q_it k_jt|,  S_i = |s|·P_i        (logit magnitude bound of row i)
-    Δ_i  = γ_{d+4}·S_i + (1 + γ_{d+4})·λu·(d(1 + 2R_i) + 2) + |Δs|·P_i
-                                                      (logit error: any product order and grouping, gradual
-                                                      underflow of products magnified by a factor ≤ R_i,
-                                                      and the rounding Δs of a non-float scale)
-    W_i  = 2 (S_i + Δ_i)                               (max |argument| of any exp, shifted or not)
-    α_i  = exp(Δ_i + 2u·W_i) · (1 + 2·c·u)^{R+1} · (1 + u)^{R+n+2} − 1
-                                                      (relative perturbation of each weight, incl. sums)
-    τ_il = ‖v_{:,l}‖∞ · [2α_i + 2u(1 + α_i)] / (1 − α_i)  +  2n·λ·‖v_{:,l}‖∞  +  (2n + 4)·λ
+    Δ_ij = γ_{d+4}·|s|·Σ_t|q_it k_jt| + (1 + γ_{d+4})·λu·(d(1 + 2R_i) + 2) + |Δs|·Σ_t|q_it k_jt|
+                                     (logit error of entry j: any product order and grouping, gradual
+                                     underflow of products magnified by ≤ R_i, a non-float scale)
+    x_ij = Δ_ij + u·A_ij + ℓ + ½(R·ℓ + u·Rng_i),   ℓ = −log(1 − 2cu),   ε_ij = e^{x_ij} − 1
+                                     (each weight's relative error up to a common factor: its exp charged
+                                     once, the R rescale factors by half of what they compound)
+    F    = (Σ_j p_j ε_ij |v_jl − c_l| + |o_il − c_l|·ε̄_i) / (1 − ε̄_i)          (c_l: mid-range of column l)
+    G    = (γ_{n+R}·Σ_j p'_j|v_jl| + γ_{n−1+R}·(|o_il| + F)) / (1 − γ_{n−1+R})   (sums in any order)
+    τ_il = F + G + ρ(|o_il| + F + G) + 2(K_i + R)·λ·‖v_{:,l}‖∞ + (2n + 4 + 2R)·λ
 
-with c the exp accuracy in ulps, R the number of online-softmax rescalings a weight may undergo
-(≤ ceil(n / block); n when unknown), λ the smallest positive normal of the format (underflow), λu half
-its smallest subnormal, R_i = max(|s|, max_t|q_it|, max|k|, √|s|·max_t|q_it|, √|s|·max|k|) the largest
-factor a rounded partial product of one logit term can still be multiplied by. The bound is vacuous (∞)
-when α_i ≥ 1/2, i.e. when the format cannot say anything for this size. The last term covers operations
-in the subnormal range (absolute errors, flush-to-zero included).
+with c the exp accuracy in ulps, R the rescalings a weight may undergo (≤ ceil(n / key_block) − 1; n
+when unknown), A_ij a bound of the shifted exp argument, Rng_i how far the running maximum can move,
+p_j and o_il enclosed a priori by a rigorous float64 softmax, ρ the division and cast, K_i the weights
+that may be subnormal, λ the smallest positive normal of the format. The bound is vacuous (∞) when
+ε̄_i ≥ 1/2, i.e. when the format cannot say anything for this size.
 
 Where an intermediate of some evaluation order could overflow the format, no bound holds:
 :func:`overflow_reason` / :func:`tensor_overflow_reason` name it, and the case is not applicable.
