@@ -373,11 +373,18 @@ def _random_trace(rng: np.random.Generator, normalised: bool, *, n: int, d: int,
     """A seeded trace. Entries and δ are multiples of 2⁻⁸ (exact in float64); ``style`` biases the ops:
     ``mixed`` (anything), ``same_entry`` (bursts on one entry, δ then −δ), ``cross_term`` (K and V updates
     on the same key row before a query), ``boundary`` (long runs of updates with a query after each, so
-    every rebuild boundary of a b = ⌈n^τ⌉ structure is crossed and queried at)."""
-    grid = lambda shape, lim: rng.integers(-lim, lim + 1, size=shape) / 256.0  # noqa: E731
+    every rebuild boundary of a b = ⌈n^τ⌉ structure is crossed and queried at). ``decimal`` (mixed ops)
+    draws entries and δ from float64 values of decimals and thirds (0.1, 0.3, 1/3, 0.7, …): their sums are
+    not float64 numbers, so a structure's rounded state drifts from the exact one, as with real data."""
+    if style == "decimal":
+        pool = np.array([0.1, -0.1, 0.3, -0.3, 1 / 3, -1 / 3, 0.7, -0.7, 0.2, 2 / 3, 0.0, 1.1])
+        grid = lambda shape, lim: rng.choice(pool, size=shape)  # noqa: E731
+        delta = lambda: float(rng.choice([0.1, -0.1, 1 / 3, -1 / 3, 0.3, -0.7, 1e-3]))  # noqa: E731
+    else:
+        grid = lambda shape, lim: rng.integers(-lim, lim + 1, size=shape) / 256.0  # noqa: E731
+        delta = lambda: float(rng.integers(-128, 129)) / 256.0 or 0.25  # noqa: E731
     q, k, v = grid((m, d), 256), grid((n, d), 256), grid((n, dv), 256)
     ops: list = [Init(q, k, v, scale)]
-    delta = lambda: float(rng.integers(-128, 129)) / 256.0 or 0.25  # noqa: E731
     query = lambda: ops.append(Query(int(rng.integers(m)), int(rng.integers(dv))))  # noqa: E731
     for _ in range(steps):
         if style == "same_entry":
@@ -417,6 +424,7 @@ FAMILIES = {
     "boundary": [(16, 4, 2, 8, 1.0, 40), (49, 6, 3, 13, 0.5, 60)],
     "sharp": [(11, 4, 3, 7, 2.0, 30)],  # logits up to ±8: a peaked softmax whose tolerance e^{span}·u stays useful
     "tiny": [(1, 1, 1, 1, 1.0, 6), (2, 1, 1, 1, 0.5, 8)],
+    "decimal": [(10, 3, 2, 6, 0.1, 40), (23, 5, 3, 9, 1 / 3, 60)],  # non-dyadic entries, δ and scales
     "edge": DYNAMIC_EDGE_RECIPES,  # float scales 1/3 and 0.1, and a sharp scale 4
 }
 
@@ -493,7 +501,7 @@ class DynamicAttention(Problem):
         repeats = 1 if profile == "quick" else 4
         cases = []
         for family, recipes in FAMILIES.items():
-            style = family if family in ("same_entry", "cross_term", "boundary") else "mixed"
+            style = family if family in ("same_entry", "cross_term", "boundary", "decimal") else "mixed"
             for index, (n, d, dv, m, scale, steps) in enumerate(recipes):
                 for rep in range(repeats):
                     for normalised in (True, False):
