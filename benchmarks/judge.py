@@ -10,7 +10,12 @@ One run reports:
     ``--eps`` (a row is decided when every entry's [lo, hi] lies inside [out − ε, out + ε] or is
     disjoint from it);
 (b) fast engine vs the Arb-only reference (``reference.softmax_attention.enclose`` at 128 bits) at
-    ``--arb-n`` (default 1024 2048 4096), as ratios Arb/fast, with a check that the enclosures overlap.
+    ``--arb-n`` (default 1024 2048 4096), as ratios Arb/fast, with a check that the enclosures overlap;
+(c) the certified verdict itself at ``--verdict-n`` (default 16384), every row: the case's precision-model
+    tolerance, the two-tier judge (fast bounds, Arb on the undecided rows), for a correct backend (torch
+    SDPA in the case's dtype) and a broken one (float32: the last 512 keys never seen, a tile bug;
+    float64: computed in float32), in float32 and float64 — status, fraction of rows Arb refined,
+    seconds per phase.
 """
 
 from __future__ import annotations
@@ -98,6 +103,56 @@ def fast_vs_arb(sizes: Sequence[int], d: int) -> list[dict[str, Any]]:
     return rows
 
 
+class _Torch:
+    """torch SDPA in the case's dtype; broken variants: ``drop_last`` keys never seen (a tile bug), or
+    ``compute`` = float32 for a float64 case."""
+
+    def __init__(self, dtype: str, *, drop_last: int = 0, compute: str | None = None):
+        self.capabilities = {"dtypes": {dtype}}
+        self.drop_last, self.compute = drop_last, compute
+
+    def attention(self, q, k, v, *, scale):
+        import torch
+
+        dt = np.dtype(self.compute or q.dtype)
+        keep = k.shape[0] - self.drop_last
+        t = [torch.from_numpy(np.array(x, dtype=dt, copy=True))[None, None] for x in (q, k[:keep], v[:keep])]
+        out = torch.nn.functional.scaled_dot_product_attention(*t, scale=float(scale))[0, 0].numpy()
+        return out.astype(q.dtype)
+
+
+def verdicts(n: int, d: int) -> list[dict[str, Any]]:
+    """Two-tier verdicts on every row of one n×d instance per dtype, correct and broken backends."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return [{"skipped": "torch is not installed"}]
+    from attnspec.conformance.harness.backends import read_capabilities
+    from attnspec.conformance.judging.softmax_attention import SoftmaxAttention
+    from attnspec.spec.softmax_attention import standard_scale
+
+    q, k, v = _inputs(n, d, 2)
+    out = []
+    for dtype, broken in (("float32", _Torch("float32", drop_last=512)), ("float64", _Torch("float64", compute="float32"))):
+        problem = SoftmaxAttention()  # a fresh cache: nothing carried over between dtypes
+        case = problem.make_case("bench", 0, 0, dtype, q, k, v, standard_scale(d, "1/sqrt(d)"), None)
+        for label, backend in (("correct torch", _Torch(dtype)), ("broken", broken)):
+            caps = read_capabilities(backend)
+            t0 = time.perf_counter()
+            tol = problem.tolerance_for(case, caps)
+            t1 = time.perf_counter()
+            y = backend.attention(case.instance.q, case.instance.k, case.instance.v, scale=float(case.instance.scale))
+            t2 = time.perf_counter()
+            verdict = problem.judge(case, y, caps, tolerance=tol)
+            t3 = time.perf_counter()
+            ev = verdict.evidence
+            out.append({"n": n, "d": d, "dtype": dtype, "backend": label, "status": verdict.status,
+                        "rows_refined_fraction": ev.get("rows_refined_fraction"), "engines": ev.get("engines"),
+                        "worst_ratio": ev.get("ratio"), "tolerance_s": t1 - t0, "backend_s": t2 - t1,
+                        "judge_s": t3 - t2})
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     command = " ".join(["attnspec bench judge"] + sys.argv[3:]) if len(sys.argv) > 2 else "attnspec bench judge"
     result = {
@@ -107,6 +162,7 @@ def run(args: argparse.Namespace) -> int:
         "note": "CPU timings; calls interleaved, best of repeats; a shared machine inflates both sides alike",
         "a_fast_vs_torch": fast_vs_torch(args.n, args.d, args.repeats, args.eps),
         "b_fast_vs_arb": fast_vs_arb(args.arb_n, args.d),
+        "c_verdicts": verdicts(args.verdict_n, args.d) if args.verdict_n else [],
     }
     emit(result, as_json=args.json)
     return 0
@@ -119,8 +175,9 @@ def register(bench_subparsers) -> None:
     p.add_argument("--arb-n", type=int, nargs="*", default=[1024, 2048, 4096], help="sizes for fast vs Arb")
     p.add_argument("--eps", type=float, default=1e-10, help="absolute tolerance for the undecided-rows fraction")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per contender (best reported)")
+    p.add_argument("--verdict-n", type=int, default=16384, help="size for the full two-tier verdicts (0: skip)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(func=run)
 
 
-__all__ = ["register", "fast_vs_torch", "fast_vs_arb", "undecided_rows"]
+__all__ = ["register", "fast_vs_torch", "fast_vs_arb", "undecided_rows", "verdicts"]

@@ -10,7 +10,8 @@
 (b) **The smallest relative bug each tolerance can still miss.** For soft long rows (|logits| ≲ 1,
     d = 64, values 3 ± ½) at ``--n`` keys, τ on 16 rows (first, last, 14 random) against the exact
     output: an output off by the relative factor δ passes every checked entry when δ < min τ_il/|o_il|,
-    and is certainly caught when δ exceeds it by the reference radius. Reported per format.
+    and is certainly caught when δ exceeds it by the reference radius. Reported per format (and for
+    float32 with a declared 128-key tile, ``float32@128``).
 """
 
 from __future__ import annotations
@@ -131,10 +132,19 @@ def slack(profile: str, dtypes: Sequence[str] = ("float32", "float64")) -> dict[
     return out
 
 
-def sensitivity(sizes: Sequence[int], formats: Sequence[str] = ("float16", "bfloat16", "float32", "float64"),
+def _model(spec: str) -> Any:
+    """``"float32"`` → PrecisionModel("float32"); ``"float32@128"`` → the same with key_block = 128 (a
+    backend that declares its key tile: at most ⌈n/128⌉ − 1 rescales instead of n)."""
+    from attnspec.conformance.judging.precision_model import PrecisionModel
+
+    fmt, _, block = spec.partition("@")
+    return PrecisionModel(fmt, key_block=int(block) if block else None)
+
+
+def sensitivity(sizes: Sequence[int], formats: Sequence[str] = ("float16", "bfloat16", "float32", "float32@128", "float64"),
                 d: int = 64, seed: int = 0) -> list[dict[str, Any]]:
     """min and median of τ_il/|o_il| over 16 rows of a soft long-row instance, per format and n."""
-    from attnspec.conformance.judging.precision_model import PrecisionModel, softmax_tolerance
+    from attnspec.conformance.judging.precision_model import softmax_tolerance
     from attnspec.reference.fast_softmax import enclose_fast
     from attnspec.spec.softmax_attention import make_instance
 
@@ -151,10 +161,11 @@ def sensitivity(sizes: Sequence[int], formats: Sequence[str] = ("float16", "bflo
         entry: dict[str, Any] = {"n": n, "d": d, "rows": int(rows.size), "max_reference_radius_rel": float((enc.rad() / o).max())}
         for fmt in formats:
             t0 = time.perf_counter()
-            tau = softmax_tolerance(inst, PrecisionModel(fmt), rows=rows)
+            model = _model(fmt)
+            tau = softmax_tolerance(inst, model, rows=rows)
             rel = tau / o
             entry[fmt] = {"min_rel_tolerance": float(rel.min()), "median_rel_tolerance": float(np.median(rel)),
-                          "in_ulps_of_format": float(np.median(rel) / PrecisionModel(fmt).u / 2),
+                          "in_ulps_of_format": float(np.median(rel) / model.u / 2),
                           "seconds": time.perf_counter() - t0}
         rows_out.append(entry)
     return rows_out

@@ -299,7 +299,8 @@ def test_bench_judge_reports_ratios_side_by_side(capsys):
     pytest.importorskip("torch")
     from attnspec.conformance.frontends.cli import main
 
-    assert main(["bench", "judge", "--n", "96", "--d", "8", "--arb-n", "16", "32", "--repeats", "1", "--json"]) == 0
+    assert main(["bench", "judge", "--n", "96", "--d", "8", "--arb-n", "16", "32", "--repeats", "1",
+                 "--verdict-n", "64", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     a = out["a_fast_vs_torch"]
     assert math.isclose(a["ratio_best"], a["fast_best_s"] / a["torch_best_s"])
@@ -308,3 +309,6 @@ def test_bench_judge_reports_ratios_side_by_side(capsys):
     assert [r["n"] for r in out["b_fast_vs_arb"]] == [16, 32]
     for r in out["b_fast_vs_arb"]:
         assert r["enclosures_overlap"] and math.isclose(r["ratio_arb_over_fast"], r["arb_s"] / r["fast_s"])
+    verdicts = {(r["dtype"], r["backend"]): r["status"] for r in out["c_verdicts"]}
+    assert verdicts == {("float32", "correct torch"): "pass", ("float32", "broken"): "fail",
+                        ("float64", "correct torch"): "pass", ("float64", "broken"): "fail"}

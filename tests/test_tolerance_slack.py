@@ -35,3 +35,17 @@ def test_relative_tolerance_grows_with_n_and_shrinks_with_precision():
     for entry in rows:
         assert 0 < entry["float64"]["min_rel_tolerance"] < entry["float32"]["min_rel_tolerance"] < 1e-2
     assert rows[0]["float32"]["min_rel_tolerance"] < rows[1]["float32"]["min_rel_tolerance"]
+
+
+def test_bench_tolerance_command_runs(capsys):
+    import json
+
+    from attnspec.conformance.frontends.cli import main
+
+    assert main(["bench", "tolerance", "--n", "64", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["command"].startswith("attnspec bench tolerance")
+    numpy_stats = out["a_slack"]["by_backend"]["numpy"]
+    assert 0 < numpy_stats["float32"]["median_ratio"] <= numpy_stats["float32"]["max_ratio"] <= 1.0
+    (row,) = out["b_sensitivity"]
+    assert row["n"] == 64 and row["float32@128"]["min_rel_tolerance"] <= row["float32"]["min_rel_tolerance"]
