@@ -121,6 +121,16 @@ def _ratio(err: float, tol: float) -> float:
     return 0.0 if err == 0 else float("inf")
 
 
+def _bad_output(output: Any, exc: OutputError) -> Verdict:
+    """The error verdict for an output that cannot be judged (wrong shape, NaN/Inf, not numeric), with the
+    offending entry when there is one."""
+    evidence: dict[str, Any] = {"kind": "bad_output"}
+    if exc.index is not None:
+        evidence["worst_index"] = list(exc.index)
+        evidence["output"] = float(np.asarray(output, dtype=np.float64)[exc.index])
+    return Verdict(ERROR, str(exc), evidence)
+
+
 def judge(
     output: Any,
     enclose: Callable[[int], Enclosure],
@@ -140,11 +150,7 @@ def judge(
     try:
         y = coerce_output(output, target_shape)
     except OutputError as exc:
-        evidence: dict[str, Any] = {"kind": "bad_output"}
-        if exc.index is not None:
-            evidence["worst_index"] = list(exc.index)
-            evidence["output"] = float(np.asarray(output, dtype=np.float64)[exc.index])
-        return Verdict(ERROR, str(exc), evidence)
+        return _bad_output(output, exc)
     tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), target_shape)
     if np.any(np.isnan(tol)) or np.any(tol < 0):
         raise ValueError("tolerance must be non-negative")
@@ -370,11 +376,7 @@ def judge_two_tier(
     try:
         y_full = coerce_output(output, full_shape)
     except OutputError as exc:
-        evidence: dict[str, Any] = {"kind": "bad_output"}
-        if exc.index is not None:
-            evidence["worst_index"] = list(exc.index)
-            evidence["output"] = float(np.asarray(output, dtype=np.float64)[exc.index])
-        return Verdict(ERROR, str(exc), evidence)
+        return _bad_output(output, exc)
     row_ids = None if rows is None else np.asarray(rows, dtype=np.int64)
     y = y_full if row_ids is None else y_full[row_ids]
     sub_shape = y.shape
