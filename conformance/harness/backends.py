@@ -37,6 +37,7 @@ BUILTIN_BACKENDS = {
     "numpy": "attnspec.conformance.harness.builtin_backends:numpy_backend",
     "cupy": "attnspec.conformance.harness.builtin_backends:cupy_backend",
     "torch": "attnspec.conformance.harness.builtin_backends:torch_backend",
+    "jax": "attnspec.conformance.harness.jax_backend:jax_backend",
     "poly": "attnspec.conformance.harness.builtin_backends:poly_backend",
     "fa2-emulation-bf16": "attnspec.conformance.harness.flash_backends:fa2_emulation_bf16",
     "fa2-emulation-fp16": "attnspec.conformance.harness.flash_backends:fa2_emulation_fp16",
