@@ -112,3 +112,17 @@ def test_emulation_matches_plain_softmax_in_float64_formats():
 def test_fp8_config_scale_fits_e4m3():
     cfg = CONFIGS["fp8"]
     assert cfg.p_scale * (1 + 2.0**-23) < 448 and cfg.p_format == "float8_e4m3fn"
+
+
+def test_conform_defaults_to_the_backends_declared_low_precision_dtype(tmp_path):
+    """`attnspec conform --backend fa2-emulation-bf16` with no --dtype judges bfloat16 cases (it declares
+    only bfloat16), rather than finding nothing to check."""
+    from attnspec.conformance.harness.runner import run_conformance
+    from attnspec.conformance.harness.selection import CaseSelection
+
+    outcome = run_conformance("fa2-emulation-bf16", profile="quick", report_dir=str(tmp_path), isolation="none",
+                              selection=CaseSelection((), ("uniform",), None))
+    report = outcome.report
+    assert report["dtypes"] == ["bfloat16"]
+    assert report["summary"]["pass"] >= 4 and report["summary"]["fail"] == 0
+    assert all(r["dtype"] == "bfloat16" for r in report["cases"])

@@ -196,7 +196,8 @@ def run_conformance(
         worker_environment = getattr(runner, "environment", None)
         if worker_environment:  # merged into the report's environment: versions imported by the backend
             header["environment"] = worker_environment
-        wanted = list(dtypes) if dtypes else sorted(caps.dtypes & {"float64", "float32", "float16"}) or ["float64"]
+        # default: every declared dtype (a bf16-only kernel is checked in bf16), in a fixed order
+        wanted = list(dtypes) if dtypes else sorted(caps.dtypes) or ["float64"]
         chosen = [p for p in problem_names() if p in set(problems or caps.problems)]
         selection.check_families(f for name in chosen for f in get_problem(name).families())
         failures_dir = Path(report_dir) / "failures" if report_dir is not None else None
