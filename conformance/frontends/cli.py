@@ -16,6 +16,7 @@ COMMAND_MODULES = [
     "attnspec.conformance.frontends.cli_conform",
     "attnspec.conformance.frontends.cli_audit",
     "attnspec.conformance.frontends.cli_instances",
+    "attnspec.conformance.frontends.cli_publish",
 ]
 BENCH_MODULES: list[str] = [
     "attnspec.bench.softmax_attention",
